@@ -1,0 +1,55 @@
+# pullwake: every target builds what it needs from the clone alone.
+#   make demo   run the main job (server on SQLite, a runner, a producer)
+#   make test   lint, type checks and the whole test suite (starts PostgreSQL itself)
+#   make bench  benchmarks (not tests): print figures you can quote
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench diagram clean postgres-tools
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pullwake.demo
+
+test: $(STAMP) postgres-tools lint typecheck pytest
+
+# The server tests start a throwaway PostgreSQL; install the Debian server when it is missing.
+postgres-tools:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# mypy cannot follow setuptools' editable finder for package-dir mappings, so it reads the
+# packages through a tree of symlinks that mirrors the installed names.
+typecheck: $(STAMP)
+	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/pullwake
+	@for f in pullwake/*.py pullwake/py.typed; do ln -s "$(CURDIR)/$$f" $(VENV)/typecheck/pullwake/; done
+	@ln -s "$(CURDIR)/machines" $(VENV)/typecheck/pullwake/machines
+	@ln -s "$(CURDIR)/runtime" $(VENV)/typecheck/pullwake/runtime
+	@ln -s "$(CURDIR)/server" $(VENV)/typecheck/pullwake/server
+	cd $(VENV)/typecheck && ../bin/mypy --config-file "$(CURDIR)/pyproject.toml" -p pullwake
+
+pytest: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+diagram: $(STAMP)
+	$(VENV)/bin/pullwake diagram --format mermaid
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

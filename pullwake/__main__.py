@@ -1,0 +1,3 @@
+from pullwake.cli import main
+
+raise SystemExit(main())

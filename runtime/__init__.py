@@ -1,0 +1,1 @@
+"""The anyio effect layer: the chart actor and the pull-wake runner."""

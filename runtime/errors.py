@@ -1,0 +1,1 @@
+from pullwake.errors import PullwakeError

@@ -1,0 +1,1 @@
+"""The Durable Streams wake server with a runner registry."""

@@ -1,0 +1,1 @@
+"""Stores: one Protocol, SQLite and PostgreSQL implementations."""
