@@ -1,0 +1,247 @@
+"""The store contract: what the HTTP layer may ask of a database, and nothing more.
+
+Theory of operation
+-------------------
+All durable state lives behind :class:`Store`: streams and their messages, pull-wake
+subscriptions (links, cursors, generation, holder, lease), the wake events they append, the
+signing secret for claim tokens, and the runner registry. The HTTP layer never sees SQL and
+never decides a wake: every operation that reads then writes runs as **one transaction** inside
+the store, so two server processes on one PostgreSQL can never double-claim, and a crash between
+two statements can never leave half a claim.
+
+There is one implementation of the rules (``server/store/logic.py``, synchronous code over a
+small dialect-neutral transaction) and two dialects (SQLite and PostgreSQL). Calls reach the
+database through ``anyio.to_thread`` so the server runs on asyncio and trio alike.
+
+Change notification: after a transaction that appended to a stream commits, the store tells
+every local waiter on that path (SQLite: in-process; PostgreSQL: ``NOTIFY`` on commit, so
+waiters in other server processes wake too). ``wait_for_change`` never polls on a timer.
+
+Every error the store raises is a :class:`~pullwake.server.errors.StoreError` subclass with an
+HTTP status and a short code; driver errors are translated at one edge (``map_store_errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import attrs
+
+# -- value types ----------------------------------------------------------------------------
+
+#: The offset a reader passes to start from the beginning of a stream.
+START_OFFSET = "-1"
+#: The offset a reader passes to start at the tail.
+NOW_OFFSET = "now"
+
+
+@attrs.frozen
+class StreamMeta:
+    path: str
+    content_type: str
+    #: The offset after the last message: what a reader passes to read only newer data.
+    tail_offset: str
+    created_at_ms: int
+
+
+@attrs.frozen
+class Message:
+    #: The offset of this message: reading "after" it starts with the next one.
+    offset: str
+    #: The bytes as appended (for JSON streams: one JSON value, serialized).
+    data: bytes
+
+
+@attrs.frozen
+class ReadResult:
+    messages: tuple[Message, ...]
+    #: Where the next read starts (the last returned message's offset, or the request's).
+    next_offset: str
+    #: True when ``next_offset`` is the tail.
+    up_to_date: bool
+
+
+@attrs.frozen
+class AppendResult:
+    next_offset: str
+    #: (wake stream path, wake event) pairs appended in the same transaction.
+    wakes: tuple[tuple[str, bytes], ...] = ()
+
+
+@attrs.frozen
+class SubscriptionConfig:
+    """A pull-wake subscription's configuration, normalised (sorted streams, defaults set)."""
+
+    wake_stream: str
+    pattern: str | None = None
+    streams: tuple[str, ...] = ()
+    lease_ttl_ms: int = 30_000
+    description: str | None = None
+    type: Literal["pull-wake"] = "pull-wake"
+
+
+@attrs.frozen
+class LinkedStream:
+    path: str
+    link_type: Literal["glob", "explicit"]
+    acked_offset: str
+    tail_offset: str
+
+    @property
+    def has_pending(self) -> bool:
+        return self.tail_offset > self.acked_offset
+
+
+@attrs.frozen
+class Subscription:
+    id: str
+    config: SubscriptionConfig
+    streams: tuple[LinkedStream, ...]
+    created_at_ms: int
+    generation: int
+    wake_id: str | None
+    holder: str | None
+    lease_expires_at_ms: int | None
+
+
+@attrs.frozen
+class Claim:
+    wake_id: str
+    generation: int
+    token: str
+    streams: tuple[LinkedStream, ...]
+    lease_ttl_ms: int
+
+
+@attrs.frozen
+class AckItem:
+    stream: str
+    offset: str
+
+
+@attrs.frozen
+class AckResult:
+    next_wake: bool
+
+
+@attrs.frozen
+class Runner:
+    id: str
+    label: str | None
+    wake_stream: str | None
+    wake_stream_offset: str | None
+    registered_at_ms: int
+    last_heartbeat_at_ms: int | None
+    lease_ms: int | None
+    #: The runner's own report in its last heartbeat (``status`` "stopped" means a clean stop).
+    diagnostics: dict[str, object]
+
+
+# -- the contract ---------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """The operations the server needs; each one is a single transaction.
+
+    Errors (all ``StoreError`` subclasses, see ``server/errors.py``): ``NotFound`` (404),
+    ``Conflict`` (409, with a ``code`` such as ``ALREADY_CLAIMED``, ``NO_PENDING_WORK``,
+    ``FENCED``, ``STREAM_EXISTS``, ``SUBSCRIPTION_EXISTS``, ``OFFSET_OUT_OF_RANGE``),
+    ``Unauthorized`` (401: malformed, forged or expired token), ``BadRequest`` (400).
+    ``now_ms`` parameters let tests drive lease expiry without sleeping.
+    """
+
+    async def open(self) -> None:
+        """Connect, apply pending migrations, load or create the token-signing secret."""
+
+    async def aclose(self) -> None:
+        """Release connections and wake every ``wait_for_change`` so it can return."""
+
+    # streams ----------------------------------------------------------------------------
+    async def create_stream(self, path: str, content_type: str, now_ms: int) -> tuple[
+        bool, StreamMeta
+    ]:
+        """Create a stream; ``(True, meta)`` when new, ``(False, meta)`` when it already exists
+        with the same content type; ``Conflict("STREAM_EXISTS")`` otherwise. Links the stream
+        to every subscription whose pattern matches, at its (empty) tail."""
+        ...
+
+    async def stream(self, path: str) -> StreamMeta:
+        """Metadata of one stream, or ``NotFound``."""
+        ...
+
+    async def append(self, path: str, items: Sequence[bytes], now_ms: int) -> AppendResult:
+        """Append ``items`` (one message each) in one transaction; issue wakes for every
+        subscription that now has pending work and none in flight."""
+        ...
+
+    async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
+        """Messages after ``offset`` (``START_OFFSET`` or ``NOW_OFFSET`` allowed), at most
+        about ``max_bytes`` (always at least one message when any is there)."""
+        ...
+
+    async def delete_stream(self, path: str) -> None:
+        """Delete a stream and its messages and links, or ``NotFound``."""
+        ...
+
+    async def wait_for_change(self, path: str, offset: str, timeout: float) -> bool:
+        """Wait until ``path``'s tail moves past ``offset``, it is deleted, or ``timeout``
+        seconds pass; return True when something changed. Never polls on a timer."""
+        ...
+
+    # subscriptions ------------------------------------------------------------------------
+    async def put_subscription(
+        self, sub_id: str, config: SubscriptionConfig, now_ms: int
+    ) -> tuple[bool, Subscription]:
+        """Create (True) or re-confirm (False) a subscription; ``Conflict`` if the id exists
+        with another configuration."""
+        ...
+
+    async def subscription(self, sub_id: str) -> Subscription: ...
+
+    async def delete_subscription(self, sub_id: str) -> None: ...
+
+    async def add_streams(self, sub_id: str, paths: Sequence[str], now_ms: int) -> None: ...
+
+    async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None: ...
+
+    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim: ...
+
+    async def ack(
+        self,
+        sub_id: str,
+        token: str,
+        wake_id: str,
+        generation: int,
+        acks: Sequence[AckItem],
+        done: bool,
+        now_ms: int,
+    ) -> AckResult: ...
+
+    async def release(
+        self, sub_id: str, token: str, wake_id: str, generation: int, now_ms: int
+    ) -> None: ...
+
+    async def expire_leases(self, now_ms: int) -> int:
+        """Clear every lease past its expiry and re-wake pending work; return how many."""
+        ...
+
+    # runner registry ----------------------------------------------------------------------
+    async def register_runner(
+        self, runner_id: str, label: str | None, wake_stream: str | None, now_ms: int
+    ) -> tuple[bool, Runner]: ...
+
+    async def heartbeat(
+        self,
+        runner_id: str,
+        lease_ms: int,
+        wake_stream_offset: str | None,
+        diagnostics: dict[str, object],
+        now_ms: int,
+    ) -> Runner: ...
+
+    async def runner(self, runner_id: str) -> Runner: ...
+
+    async def claims_held_by(self, worker: str) -> tuple[Subscription, ...]:
+        """Subscriptions whose lease ``worker`` holds (for the health view)."""
+        ...
