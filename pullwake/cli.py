@@ -20,29 +20,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; only ``command``'s module is imported and given its arguments."""
     parser = argparse.ArgumentParser(prog="pullwake", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command = sub.add_parser(name, help=help_text)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
+        parser_for_command = sub.add_parser(name, help=help_text)
+        if name != command:
             continue
-        module.add_arguments(command)
-        command.set_defaults(_run=module.run)
+        module = importlib.import_module(module_name)
+        module.add_arguments(parser_for_command)
+        parser_for_command.set_defaults(_run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run = getattr(args, "_run", None)
-    if run is None:
-        print(f"pullwake: '{args.command}' is not available in this build", file=sys.stderr)
-        return 2
-    return int(run(args))
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    return int(args._run(args))
 
 
 if __name__ == "__main__":
