@@ -46,7 +46,7 @@ class Lifecycle(StateChart):  # type: ignore[type-arg]
 
     stopped = State(initial=True)
 
-    class running(State.Compound):  # noqa: N801  (state ids are lower_snake)
+    class running(State.Compound):  # state ids are lower_snake, even for a class
         connecting = State(initial=True)
         streaming = State()
         reconnecting = State()

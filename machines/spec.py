@@ -19,14 +19,15 @@ guarded chart's decision may depend on data the matrix cannot see. The lifecycle
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal, cast
 
 import attrs
 from statemachine import State, StateChart
+from statemachine.event import Event
 from statemachine.exceptions import TransitionNotAllowed
 
-from .errors import ChartDefinitionError, UnknownEventError
+from .errors import ChartDefinitionError, UnknownEventError, UnknownStateError
 
 __all__ = [
     "Activity",
@@ -130,7 +131,8 @@ class ChartSpec:
         self._check_tables()
         for configuration in self.configurations():
             for event in self.events():
-                self.decide(configuration, event)
+                decision = self.decide(configuration, event)
+                self._check_decided_once(decision)
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -140,7 +142,10 @@ class ChartSpec:
 
     def events(self) -> tuple[str, ...]:
         """Every event the chart declares, sorted by name (deterministic)."""
-        return tuple(sorted({e.id for e in self.chart.events if not e.id.startswith("__")}))
+        # The chart's metaclass exposes ``events`` on the class as a list; typeshed-style stubs
+        # only know the instance method, hence the cast.
+        declared = cast("Iterable[Event]", self.chart.events)
+        return tuple(sorted({e.id for e in declared if not e.id.startswith("__")}))
 
     def parent(self, state_id: str) -> str | None:
         parent = self.chart.states_map[state_id].parent
@@ -155,6 +160,35 @@ class ChartSpec:
 
     def is_leaf(self, state_id: str) -> bool:
         return not self.chart.states_map[state_id].states
+
+    def check_state(self, state_id: str) -> str:
+        """Return ``state_id`` if the chart declares it, else raise :class:`UnknownStateError`."""
+        if state_id not in self.chart.states_map:
+            raise UnknownStateError(
+                f"{self.name} declares no state {state_id!r}; declared states: "
+                f"{', '.join(self.states())}"
+            )
+        return state_id
+
+    def check_event(self, event: str) -> str:
+        """Return ``event`` if the chart declares it, else raise :class:`UnknownEventError`."""
+        if event not in self.events():
+            raise UnknownEventError(
+                f"{self.name} declares no event {event!r}; declared events: "
+                f"{', '.join(self.events())}"
+            )
+        return event
+
+    def initial_leaf(self, state_id: str) -> str:
+        """The leaf a chart rests in after entering ``state_id`` (itself when it is a leaf)."""
+        state = self.chart.states_map[self.check_state(state_id)]
+        while state.states:
+            state = next((s for s in state.states if s.initial), state.states[0])
+        return str(state.id)
+
+    def entry_configuration(self, state_id: str) -> tuple[str, ...]:
+        """The stable configuration entered by entering ``state_id``, outermost first."""
+        return self.ancestors(self.initial_leaf(state_id))
 
     def configurations(self) -> tuple[tuple[str, ...], ...]:
         """Every stable configuration: a leaf state with its ancestors, outermost first.
@@ -204,11 +238,7 @@ class ChartSpec:
         An event the configuration deliberately ignores changes nothing and is reported as
         ``"ignored"``; an undecided pair raises :class:`ChartDefinitionError`.
         """
-        if event not in self.events():
-            raise UnknownEventError(
-                f"{self.name} declares no event {event!r}; declared events: "
-                f"{', '.join(self.events())}"
-            )
+        self.check_event(event)
         source = configuration_of(machine)
         try:
             machine.send(event)
@@ -239,6 +269,20 @@ class ChartSpec:
                 yield self.decide(configuration, event)
 
     # -- validation --------------------------------------------------------------------------
+
+    def _check_decided_once(self, decision: Decision) -> None:
+        # A pair that the chart handles must not also be ignored by any state of the source
+        # configuration: an ancestor's handling would make a child's ignore entry dead, and a
+        # child's handling would silently override an ancestor's ignore entry.
+        if decision.kind != "transition":
+            return
+        ignoring = [s for s in decision.source if decision.event in self.ignored.get(s, ())]
+        if ignoring:
+            raise ChartDefinitionError(
+                f"{self.name}: event {decision.event!r} in configuration "
+                f"{list(decision.source)} is a transition but {ignoring} also list it as "
+                "ignored; remove it from the ignore table or from the chart"
+            )
 
     def _check_tables(self) -> None:
         states = set(self.states())
