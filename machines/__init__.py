@@ -3,7 +3,13 @@
 Pure and synchronous: nothing here does I/O or needs an event loop.
 """
 
-from .errors import ChartDefinitionError, ChartError, UnknownEventError
+from .errors import (
+    ChartDefinitionError,
+    ChartError,
+    DiagramError,
+    UnknownEventError,
+    UnknownStateError,
+)
 from .lifecycle import LIFECYCLE, Lifecycle
 from .spec import Activity, ChartSpec, Decision, StepRecorder
 
@@ -14,7 +20,9 @@ __all__ = [
     "ChartError",
     "ChartSpec",
     "Decision",
+    "DiagramError",
     "Lifecycle",
     "StepRecorder",
     "UnknownEventError",
+    "UnknownStateError",
 ]

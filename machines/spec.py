@@ -287,6 +287,12 @@ class ChartSpec:
     def _check_tables(self) -> None:
         states = set(self.states())
         events = set(self.events())
+        if getattr(self.chart, "allow_event_without_transition", True):
+            raise ChartDefinitionError(
+                f"{self.name}: set 'allow_event_without_transition = False' on the chart class; "
+                "otherwise an event with no transition is dropped silently and the spec cannot "
+                "tell an undecided pair from a transition"
+            )
         for state in self.chart.states_map.values():
             if state.parallel:
                 raise ChartDefinitionError(

@@ -210,6 +210,9 @@ class Actor:
         self._recorder = StepRecorder()
         self._machine = spec.new(listeners=[self._recorder])
         self._recorder.take()
+        # Invariant: the configuration as of the last *fully processed* event (the chart's own
+        # configuration moves earlier, while exited activities are still being awaited).
+        self._configuration = spec.initial_configuration()
         self._events = frozenset(spec.events())
         self._tokens = itertools.count(1)
         # Invariant: holds exactly the runs of the active states' activities (a run whose task
@@ -228,10 +231,12 @@ class Actor:
 
     @property
     def configuration(self) -> tuple[str, ...]:
-        """The active states, outermost first (``("running", "streaming")``)."""
-        from pullwake.machines.spec import configuration_of
+        """The active states, outermost first (``("running", "streaming")``).
 
-        return configuration_of(self._machine)
+        It changes only once an event is fully processed: the exited states' activities have
+        ended and the entered states' activities have started.
+        """
+        return self._configuration
 
     @property
     def state(self) -> str:
@@ -413,6 +418,7 @@ class Actor:
             leaked=leaked,
             at=self.clock.now(),
         )
+        self._configuration = decision.configuration
         self._notify()
         return self._emit(record)
 
