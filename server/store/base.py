@@ -144,11 +144,28 @@ class Runner:
 class Store(Protocol):
     """The operations the server needs; each one is a single transaction.
 
-    Errors (all ``StoreError`` subclasses, see ``server/errors.py``): ``NotFound`` (404),
-    ``Conflict`` (409, with a ``code`` such as ``ALREADY_CLAIMED``, ``NO_PENDING_WORK``,
-    ``FENCED``, ``STREAM_EXISTS``, ``SUBSCRIPTION_EXISTS``, ``OFFSET_OUT_OF_RANGE``),
-    ``Unauthorized`` (401: malformed, forged or expired token), ``BadRequest`` (400).
-    ``now_ms`` parameters let tests drive lease expiry without sleeping.
+    Errors (all ``StoreError`` subclasses, see ``server/errors.py``), by code:
+
+    * 400 ``BadRequest``: ``INVALID_OFFSET`` (not ``-1``, ``now`` or a minted offset),
+      ``INVALID_PATH`` (empty, leading ``/``, empty/``.``/``..`` segment, ``*`` in a stream
+      path, first segment ``__ds``), ``INVALID_PATTERN``, ``INVALID_SUBSCRIPTION`` (type,
+      lease_ttl_ms outside 1000..600000, neither pattern nor streams), ``INVALID_ID``,
+      ``EMPTY_APPEND``, ``WAKE_STREAM_NOT_JSON``, ``BAD_REQUEST`` (other bad values).
+    * 401 ``Unauthorized``: ``INVALID_TOKEN`` (malformed or forged), ``LEASE_EXPIRED`` (the
+      token's lease lapsed; claim again on the next wake).
+    * 404 ``NotFound``: ``STREAM_NOT_FOUND``, ``SUBSCRIPTION_NOT_FOUND`` (also for claim, ack
+      and release on a deleted subscription: nothing is advanced), ``RUNNER_NOT_FOUND``.
+    * 409 ``Conflict``: ``STREAM_EXISTS``, ``SUBSCRIPTION_EXISTS``, ``OFFSET_OUT_OF_RANGE``
+      (a read offset past the stream's tail), ``ALREADY_CLAIMED`` (``extra``:
+      ``current_holder``, ``generation``), ``NO_PENDING_WORK``, ``FENCED``, ``INVALID_ACK``.
+    * 503 ``StoreUnavailable``: the database cannot be reached, or the store is not open
+      (``STORE_NOT_OPEN``) or closed (``STORE_CLOSED``).
+
+    Offsets are exactly 20 decimal digits (``offsets.OFFSET_WIDTH``), from one counter shared
+    by all streams of a store: fixed width, URL-safe, sortable, and still growing across a
+    stream deleted and created again. A message's offset is the position right after it;
+    an empty stream's tail is a real offset. ``now_ms`` parameters let tests drive lease
+    expiry without sleeping.
     """
 
     async def open(self) -> None:
@@ -158,12 +175,15 @@ class Store(Protocol):
         """Release connections and wake every ``wait_for_change`` so it can return."""
 
     # streams ----------------------------------------------------------------------------
-    async def create_stream(self, path: str, content_type: str, now_ms: int) -> tuple[
-        bool, StreamMeta
-    ]:
+    async def create_stream(
+        self, path: str, content_type: str, now_ms: int
+    ) -> tuple[bool, StreamMeta]:
         """Create a stream; ``(True, meta)`` when new, ``(False, meta)`` when it already exists
         with the same content type; ``Conflict("STREAM_EXISTS")`` otherwise. Links the stream
-        to every subscription whose pattern matches, at its (empty) tail."""
+        to every subscription whose pattern matches or that names it, at its (empty) tail.
+
+        Content types are compared normalised (media type and parameter names lower-cased,
+        no spaces around ``;``), and ``meta.content_type`` is the normalised form."""
         ...
 
     async def stream(self, path: str) -> StreamMeta:
@@ -177,7 +197,9 @@ class Store(Protocol):
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
         """Messages after ``offset`` (``START_OFFSET`` or ``NOW_OFFSET`` allowed), at most
-        about ``max_bytes`` (always at least one message when any is there)."""
+        about ``max_bytes`` (always at least one message when any is there), and at most
+        10000 messages. ``NOW_OFFSET`` returns no messages and the tail. An offset past the
+        tail is ``Conflict("OFFSET_OUT_OF_RANGE")``."""
         ...
 
     async def delete_stream(self, path: str) -> None:
@@ -186,7 +208,11 @@ class Store(Protocol):
 
     async def wait_for_change(self, path: str, offset: str, timeout: float) -> bool:
         """Wait until ``path``'s tail moves past ``offset``, it is deleted, or ``timeout``
-        seconds pass; return True when something changed. Never polls on a timer."""
+        seconds pass; return True when something changed. Never polls on a timer.
+
+        Returns at once (True) when the tail is already past ``offset`` or the stream does
+        not exist; ``NOW_OFFSET`` means "past the tail as it is now". Returns False on timeout
+        and when the store closes."""
         ...
 
     # subscriptions ------------------------------------------------------------------------
@@ -194,18 +220,32 @@ class Store(Protocol):
         self, sub_id: str, config: SubscriptionConfig, now_ms: int
     ) -> tuple[bool, Subscription]:
         """Create (True) or re-confirm (False) a subscription; ``Conflict`` if the id exists
-        with another configuration."""
+        with another configuration.
+
+        The configuration is validated and normalised first (streams sorted and
+        de-duplicated); the comparison is on the normalised form, description included. A
+        missing wake stream is created as ``application/json``; an existing one must be JSON.
+        Existing matching streams are linked at their tail; a glob never links the
+        subscription's own wake stream."""
         ...
 
     async def subscription(self, sub_id: str) -> Subscription: ...
 
     async def delete_subscription(self, sub_id: str) -> None: ...
 
-    async def add_streams(self, sub_id: str, paths: Sequence[str], now_ms: int) -> None: ...
+    async def add_streams(self, sub_id: str, paths: Sequence[str], now_ms: int) -> None:
+        """Name streams explicitly (idempotent). Existing streams are linked at their tail; a
+        named stream that does not exist yet is linked when it is created."""
+        ...
 
-    async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None: ...
+    async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None:
+        """Drop an explicit name (idempotent); a link the pattern also makes stays (glob)."""
+        ...
 
-    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim: ...
+    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim:
+        """Start a lease for ``worker``: ``NO_PENDING_WORK`` / ``ALREADY_CLAIMED`` otherwise.
+        A lapsed lease is cleared first (and its pending work re-woken)."""
+        ...
 
     async def ack(
         self,
@@ -216,11 +256,21 @@ class Store(Protocol):
         acks: Sequence[AckItem],
         done: bool,
         now_ms: int,
-    ) -> AckResult: ...
+    ) -> AckResult:
+        """Apply inclusive acks all-or-nothing (``INVALID_ACK``: unlinked stream, not an
+        offset of that stream or its tail, before the cursor, past the tail); without
+        ``done`` extend the lease, with ``done`` end the claim and re-wake pending work.
+
+        Checked first, in this order: ``INVALID_TOKEN``, ``SUBSCRIPTION_NOT_FOUND``,
+        ``LEASE_EXPIRED`` (the token's lease lapsed: the lapse is committed and pending work
+        re-woken), ``FENCED`` (not the current generation/wake_id/holder, in token or body)."""
+        ...
 
     async def release(
         self, sub_id: str, token: str, wake_id: str, generation: int, now_ms: int
-    ) -> None: ...
+    ) -> None:
+        """End the claim without acking (same checks as ``ack``); re-wake pending work."""
+        ...
 
     async def expire_leases(self, now_ms: int) -> int:
         """Clear every lease past its expiry and re-wake pending work; return how many."""
@@ -229,7 +279,11 @@ class Store(Protocol):
     # runner registry ----------------------------------------------------------------------
     async def register_runner(
         self, runner_id: str, label: str | None, wake_stream: str | None, now_ms: int
-    ) -> tuple[bool, Runner]: ...
+    ) -> tuple[bool, Runner]:
+        """Register (True) or re-register (False); a re-registration keeps the stored
+        ``wake_stream_offset``, heartbeat fields and ``registered_at_ms``, and replaces
+        ``label`` and ``wake_stream`` with the given values."""
+        ...
 
     async def heartbeat(
         self,
@@ -238,10 +292,17 @@ class Store(Protocol):
         wake_stream_offset: str | None,
         diagnostics: dict[str, object],
         now_ms: int,
-    ) -> Runner: ...
+    ) -> Runner:
+        """Record a heartbeat (``RUNNER_NOT_FOUND`` if unknown): ``lease_ms`` >= 1, the offset
+        only when not None (the stored one is kept otherwise), diagnostics (a JSON object,
+        at most 64 KiB as JSON), and ``now_ms`` as ``last_heartbeat_at_ms``."""
+        ...
 
-    async def runner(self, runner_id: str) -> Runner: ...
+    async def runner(self, runner_id: str) -> Runner:
+        """One runner, or ``NotFound("RUNNER_NOT_FOUND")``."""
+        ...
 
     async def claims_held_by(self, worker: str) -> tuple[Subscription, ...]:
-        """Subscriptions whose lease ``worker`` holds (for the health view)."""
+        """Subscriptions whose lease ``worker`` holds (for the health view), including a
+        lapsed lease not yet cleared: compare ``lease_expires_at_ms`` with the clock."""
         ...

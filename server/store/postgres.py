@@ -1,0 +1,338 @@
+"""The PostgreSQL dialect: a psycopg 3 connection pool used from worker threads, row locks,
+and ``LISTEN``/``NOTIFY`` so a wake appended through one server process reaches readers
+connected to another.
+
+Theory of operation
+-------------------
+Every rule runs in one ``READ COMMITTED`` transaction on a pooled connection (reads run
+``REPEATABLE READ, READ ONLY`` so they see one snapshot). Rows a decision depends on are locked
+with ``FOR NO KEY UPDATE`` (the rules append it), which never conflicts with the ``KEY SHARE``
+locks foreign keys take; operations that change which streams a subscription links also take a
+transaction-scoped advisory lock (``lock_catalog``). A deadlock or serialization failure is
+retried a few times, since nothing was applied.
+
+Each stream change runs ``pg_notify('pullwake_changes', path)`` inside the changing
+transaction, so PostgreSQL delivers it exactly when (and only if) the transaction commits. A
+dedicated listener thread holds one extra connection that ``LISTEN``\\ s, sleeps in a selector
+on that connection's socket and a stop socket (never on a timer), and hands each notification to
+the event loop through ``anyio.from_thread`` with the loop's token. If that connection breaks,
+the thread reconnects with backoff and then wakes *every* local waiter, because notifications
+sent while it was away are lost; waiters re-check and wait again.
+
+The tables live in the schema ``pullwake`` (``search_path`` is set on every pooled
+connection), so the store can share a database with an application.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import psycopg
+import psycopg.errors
+import psycopg_pool
+
+from pullwake.server.errors import Conflict, StoreError, StoreUnavailable
+from pullwake.server.store import logic
+from pullwake.server.store.changes import ChangeBoard
+from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
+from pullwake.server.store.transactional import Outcome, TransactionalStore, run_body
+
+SCHEMA = "pullwake"
+CHANNEL = "pullwake_changes"
+#: Advisory lock keys (arbitrary constants, unique to pullwake).
+MIGRATION_LOCK_KEY = 0x70776D01
+CATALOG_LOCK_KEY = 0x70776D02
+#: Attempts for a transaction that hit a deadlock or serialization failure.
+MAX_ATTEMPTS = 5
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+#: libpq settings for every connection: give up on a dead server instead of hanging.
+CONNECT_KWARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+    "application_name": "pullwake",
+}
+
+
+@contextmanager
+def map_store_errors() -> Iterator[None]:
+    """Translate psycopg errors into store errors (the one edge where that happens)."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except psycopg_pool.PoolClosed:
+        raise StoreUnavailable(
+            "the PostgreSQL store is closed (the server is shutting down); retry against a "
+            "running server",
+            code="STORE_CLOSED",
+        ) from None
+    except psycopg_pool.PoolTimeout as exc:
+        raise StoreUnavailable(
+            f"no PostgreSQL connection became available in time ({exc}); check that the "
+            "database is up and reachable, then retry"
+        ) from None
+    except psycopg.IntegrityError as exc:
+        raise Conflict(
+            f"PostgreSQL refused a write that conflicts with existing data "
+            f"({type(exc).__name__}); retry, or re-read the resource",
+            code="CONFLICT",
+        ) from None
+    except psycopg.Error as exc:
+        raise StoreUnavailable(
+            f"PostgreSQL failed ({type(exc).__name__}: {str(exc).strip()[:200]}); check that "
+            "the database is up and reachable, then retry"
+        ) from None
+
+
+@functools.lru_cache(maxsize=512)
+def _to_pyformat(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresTransaction(logic.Transaction):
+    """Row locks, an advisory catalog lock, a sequence for positions, NOTIFY on change."""
+
+    row_lock = " FOR NO KEY UPDATE"
+    skip_locked = " SKIP LOCKED"
+
+    def __init__(self, cursor: Any) -> None:
+        super().__init__(cursor)
+        # Invariant: True once this transaction holds the catalog advisory lock.
+        self._catalog_locked = False
+
+    def sql(self, text: str) -> str:
+        return _to_pyformat(text)
+
+    def lock_catalog(self) -> None:
+        if not self._catalog_locked:
+            self.execute("SELECT pg_advisory_xact_lock(?)", (CATALOG_LOCK_KEY,))
+            self._catalog_locked = True
+
+    def next_positions(self, count: int) -> list[int]:
+        rows = self.fetchall("SELECT nextval('offset_seq') FROM generate_series(1, ?)", (count,))
+        return sorted(int(row[0]) for row in rows)
+
+    def notify(self, path: str) -> None:
+        if path not in self.changed:
+            self.execute("SELECT pg_notify(?, ?)", (CHANNEL, path))
+        super().notify(path)
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(f"SET search_path TO {SCHEMA}")
+    conn.commit()
+
+
+class _Listener:
+    """A thread that LISTENs on one connection and passes notifications to a change board."""
+
+    def __init__(self, dsn: str, board: ChangeBoard, token: anyio.lowlevel.EventLoopToken) -> None:
+        self._dsn = dsn
+        self._board = board
+        self._token = token
+        # A socket pair rather than a pipe: selectable on every platform.
+        self._stop_read, self._stop_write = socket.socketpair()
+        # Invariant: the LISTENing connection while the thread has one, else None.
+        self._conn: psycopg.Connection[Any] | None = None
+        self._thread = threading.Thread(target=self._run, name="pullwake-pg-listener", daemon=True)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._dsn, autocommit=True, **CONNECT_KWARGS)
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def start(self) -> None:
+        """Connect and LISTEN (blocking; raises when PostgreSQL is unreachable), then run."""
+        with map_store_errors():
+            self._conn = self._connect()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end and wait for it (blocking)."""
+        self._stop_write.send(b"x")
+        if self._thread.is_alive():
+            self._thread.join()
+        self._drop()
+        self._stop_read.close()
+        self._stop_write.close()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _stop_requested(self, timeout: float | None) -> bool:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._stop_read, selectors.EVENT_READ)
+            return bool(selector.select(timeout))
+
+    def _deliver(self, paths: Iterable[str] | None) -> bool:
+        """Hand ``paths`` (None: everything) to the event loop; False once the loop is gone."""
+        try:
+            if paths is None:
+                anyio.from_thread.run_sync(self._board.notify_all, token=self._token)
+            else:
+                anyio.from_thread.run_sync(self._board.notify, list(paths), token=self._token)
+        except Exception:
+            return False
+        return True
+
+    def _pump(self, conn: psycopg.Connection[Any]) -> bool:
+        """Wait for notifications or a stop request; return True to stop."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._stop_read, selectors.EVENT_READ, "stop")
+            selector.register(conn.fileno(), selectors.EVENT_READ, "conn")
+            ready = {key.data for key, _ in selector.select()}
+        if "stop" in ready:
+            return True
+        conn.pgconn.consume_input()
+        paths = []
+        while (note := conn.pgconn.notifies()) is not None:
+            paths.append(note.extra.decode("utf-8", "replace"))
+        return bool(paths) and not self._deliver(paths)
+
+    def _run(self) -> None:
+        delay = 0.05
+        while True:
+            if self._conn is None:
+                if self._stop_requested(delay) or not self._deliver([]):
+                    return  # asked to stop, or the event loop is gone
+                try:
+                    self._conn = self._connect()
+                except psycopg.Error:
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.05
+                if not self._deliver(None):
+                    return
+            try:
+                if self._pump(self._conn):
+                    return
+            except (psycopg.Error, OSError, ValueError):
+                self._drop()
+
+
+class PostgresStore(TransactionalStore):
+    """A store in a PostgreSQL database (tables in the schema ``pullwake``)."""
+
+    dialect_name = "PostgreSQL"
+
+    def __init__(self, dsn: str, *, connections: int = 8, timeout: float = 10.0) -> None:
+        super().__init__(connections=connections)
+        self.dsn = dsn
+        self._connections = connections
+        self._timeout = timeout
+        # Invariant: an open pool while the store is open, else None.
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        # Invariant: a running listener between _started() and _stopping(), else None.
+        self._listener: _Listener | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({psycopg.conninfo.make_conninfo(self.dsn, password='***')!r})"
+
+    def _open_sync(self) -> None:
+        with map_store_errors():
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self.dsn,
+                min_size=1,
+                max_size=self._connections,
+                open=False,
+                timeout=self._timeout,
+                kwargs=dict(CONNECT_KWARGS),
+                configure=_configure,
+                check=psycopg_pool.ConnectionPool.check_connection,
+                name="pullwake",
+            )
+            self._pool = pool
+            pool.open(wait=True, timeout=self._timeout)
+            with pool.connection() as conn:
+                self._migrate(conn)
+
+    def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            conn.execute(f"SET LOCAL search_path TO {SCHEMA}")
+            conn.execute(SCHEMA_VERSION_DDL)
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
+            for migration in migrations("postgres"):
+                if migration.version in applied:
+                    continue
+                conn.execute(migration.sql.encode("utf-8"))
+                conn.execute(
+                    "INSERT INTO schema_version (version, name, applied_at_ms) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, int(time.time() * 1000)),
+                )
+
+    def _close_sync(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=5.0)
+
+    async def _started(self) -> None:
+        self._listener = _Listener(self.dsn, self._changes, anyio.lowlevel.current_token())
+        await anyio.to_thread.run_sync(self._listener.start)
+
+    async def _stopping(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await anyio.to_thread.run_sync(listener.stop)
+
+    def _transact_sync(self, body: Callable[..., Any], args: Sequence[Any], write: bool) -> Outcome:
+        with map_store_errors():
+            pool = self._pool
+            if pool is None:
+                raise psycopg_pool.PoolClosed("the pool is closed")
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    return self._attempt(pool, body, args, write)
+                except _RETRYABLE:
+                    if attempt == MAX_ATTEMPTS:
+                        raise
+                    time.sleep(random.uniform(0.001, 0.01) * attempt)
+            raise AssertionError("unreachable")
+
+    def _attempt(
+        self,
+        pool: psycopg_pool.ConnectionPool[Any],
+        body: Callable[..., Any],
+        args: Sequence[Any],
+        write: bool,
+    ) -> Outcome:
+        with pool.connection() as conn:
+            conn.read_only = not write
+            conn.isolation_level = None if write else psycopg.IsolationLevel.REPEATABLE_READ
+
+            def rollback() -> None:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    pass
+
+            with conn.cursor() as cursor:
+                return run_body(
+                    PostgresTransaction(cursor), body, args, commit=conn.commit, rollback=rollback
+                )

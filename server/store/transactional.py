@@ -1,0 +1,294 @@
+"""The async face of a store: the :class:`~pullwake.server.store.base.Store` contract, written
+once over a dialect that can run one synchronous transaction body in a worker thread.
+
+Theory of operation
+-------------------
+Every operation becomes ``await self._call(logic.<rule>, ...)``: the rule runs in a worker
+thread (``anyio.to_thread``, bounded by a :class:`anyio.CapacityLimiter` the size of the
+dialect's connection pool) inside one transaction the dialect opens and commits. The thread
+returns an :class:`Outcome`: the rule's value, the paths it changed, and an error to raise
+after commit (see ``logic.CommitThenRaise``). Back in the event loop the change board is told
+about the changed paths, so waiters are only ever touched from the loop.
+
+The thread call and the notification are shielded from cancellation together: a worker thread
+cannot be interrupted anyway, and a committed change must not lose its notification because
+the caller was cancelled meanwhile. The cancellation is delivered right after.
+
+States: ``new`` -> ``open`` (after :meth:`open` succeeded) -> ``closed`` (after
+:meth:`aclose`). Calls outside ``open`` raise ``StoreUnavailable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from pullwake.server.errors import StoreError, StoreUnavailable
+from pullwake.server.store import logic
+from pullwake.server.store.base import (
+    NOW_OFFSET,
+    START_OFFSET,
+    AckItem,
+    AckResult,
+    AppendResult,
+    Claim,
+    ReadResult,
+    Runner,
+    StreamMeta,
+    Subscription,
+    SubscriptionConfig,
+)
+from pullwake.server.store.changes import ChangeBoard
+from pullwake.server.store.offsets import parse_offset
+from pullwake.server.store.tokens import new_secret
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Outcome:
+    """What a transaction body left behind once its transaction ended."""
+
+    value: Any
+    changed: frozenset[str]
+    #: Raised after the commit (and after waiters were told about ``changed``).
+    error: StoreError | None = None
+
+
+def run_body(
+    tx: logic.Transaction,
+    body: Callable[..., Any],
+    args: Sequence[Any],
+    commit: Callable[[], None],
+    rollback: Callable[[], None],
+) -> Outcome:
+    """Run one rule inside an open transaction and end it: commit, or roll back and raise."""
+    try:
+        value = body(tx, *args)
+    except logic.CommitThenRaise as deferred:
+        commit()
+        return Outcome(None, frozenset(tx.changed), deferred.error)
+    except BaseException:
+        rollback()
+        raise
+    commit()
+    return Outcome(value, frozenset(tx.changed))
+
+
+class TransactionalStore:
+    """The contract over a dialect; subclasses implement the ``_*_sync`` hooks."""
+
+    #: Name used in messages ("SQLite", "PostgreSQL").
+    dialect_name = "database"
+
+    def __init__(self, *, connections: int) -> None:
+        self._changes = ChangeBoard()
+        self._limiter = anyio.CapacityLimiter(connections)
+        # Invariant: a non-empty secret whenever _state == "open".
+        self._secret = ""
+        # Invariant: moves only new -> open -> closed (or new -> closed).
+        self._state: Literal["new", "open", "closed"] = "new"
+
+    # -- dialect hooks (worker threads) --------------------------------------------------------
+
+    def _open_sync(self) -> None:
+        """Connect and apply pending migrations."""
+        raise NotImplementedError
+
+    def _close_sync(self) -> None:
+        """Release every connection; must be safe after a failed or partial open."""
+        raise NotImplementedError
+
+    def _transact_sync(self, body: Callable[..., Any], args: Sequence[Any], write: bool) -> Outcome:
+        """Run ``body(tx, *args)`` in one transaction, with driver errors translated."""
+        raise NotImplementedError
+
+    async def _started(self) -> None:
+        """Run in the event loop once the store is open (PostgreSQL starts listening here)."""
+
+    async def _stopping(self) -> None:
+        """Run in the event loop when the store closes (or fails to open), before connections
+        are released; must undo whatever part of ``_started`` ran."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, apply pending migrations, load or create the token-signing secret."""
+        if self._state != "new":
+            raise StoreUnavailable(
+                f"this {self.dialect_name} store was already opened; make a new one instead",
+                code="STORE_REUSED",
+            )
+        try:
+            await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
+            self._state = "open"
+            self._secret = await self._call(logic.load_secret, new_secret())
+            await self._started()
+        except BaseException:
+            self._state = "new"
+            with anyio.CancelScope(shield=True):
+                await self._stopping()
+                await anyio.to_thread.run_sync(self._close_sync)
+            raise
+
+    async def aclose(self) -> None:
+        """Release connections and wake every ``wait_for_change`` so it can return."""
+        if self._state == "closed":
+            return
+        was_open = self._state == "open"
+        self._state = "closed"
+        self._changes.close()
+        with anyio.CancelScope(shield=True):
+            if was_open:
+                await self._stopping()
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    async def __aenter__(self) -> TransactionalStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._state == "new":
+            raise StoreUnavailable(
+                f"the {self.dialect_name} store is not open yet: await store.open() first",
+                code="STORE_NOT_OPEN",
+            )
+        if self._state == "closed":
+            raise StoreUnavailable(
+                f"the {self.dialect_name} store is closed (the server is shutting down); retry "
+                "against a running server",
+                code="STORE_CLOSED",
+            )
+
+    async def _call(self, body: Callable[..., T], *args: Any, write: bool = True) -> T:
+        self._check_open()
+        with anyio.CancelScope(shield=True):
+            outcome = await anyio.to_thread.run_sync(
+                self._transact_sync, body, args, write, limiter=self._limiter
+            )
+            self._changes.notify(outcome.changed)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if outcome.error is not None:
+            raise outcome.error
+        value: T = outcome.value
+        return value
+
+    def statistics(self) -> dict[str, object]:
+        """Counters for metrics: the state, and how many waiters watch how many paths."""
+        return {"state": self._state, **self._changes.statistics()}
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def create_stream(
+        self, path: str, content_type: str, now_ms: int
+    ) -> tuple[bool, StreamMeta]:
+        return await self._call(logic.create_stream, path, content_type, now_ms)
+
+    async def stream(self, path: str) -> StreamMeta:
+        return await self._call(logic.stream, path, write=False)
+
+    async def append(self, path: str, items: Sequence[bytes], now_ms: int) -> AppendResult:
+        return await self._call(logic.append, path, list(items), now_ms)
+
+    async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
+        return await self._call(logic.read, path, offset, max_bytes, write=False)
+
+    async def delete_stream(self, path: str) -> None:
+        await self._call(logic.delete_stream, path)
+
+    async def wait_for_change(self, path: str, offset: str, timeout: float) -> bool:
+        position: int | None = None
+        if offset not in (START_OFFSET, NOW_OFFSET):
+            position = parse_offset(offset)
+        elif offset == START_OFFSET:
+            position = 0
+        deadline = anyio.current_time() + max(0.0, timeout)
+        while True:
+            # Watch first, then look: a change committed in between still sets the event.
+            with self._changes.watch(path) as changed:
+                tail = await self._call(logic.stream_tail, path, write=False)
+                if position is None:
+                    position = tail
+                if tail is None or position is None or tail > position:
+                    return True
+                with anyio.move_on_at(deadline):
+                    await changed.wait()
+                if not changed.is_set() or self._changes.closed:
+                    return False
+            # Woken: look again, since a notification may be for an older change.
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    async def put_subscription(
+        self, sub_id: str, config: SubscriptionConfig, now_ms: int
+    ) -> tuple[bool, Subscription]:
+        return await self._call(logic.put_subscription, sub_id, config, now_ms)
+
+    async def subscription(self, sub_id: str) -> Subscription:
+        return await self._call(logic.subscription, sub_id, write=False)
+
+    async def delete_subscription(self, sub_id: str) -> None:
+        await self._call(logic.delete_subscription, sub_id)
+
+    async def add_streams(self, sub_id: str, paths: Sequence[str], now_ms: int) -> None:
+        await self._call(logic.add_streams, sub_id, list(paths), now_ms)
+
+    async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None:
+        await self._call(logic.remove_stream, sub_id, path, now_ms)
+
+    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim:
+        return await self._call(logic.claim, self._secret, sub_id, worker, now_ms)
+
+    async def ack(
+        self,
+        sub_id: str,
+        token: str,
+        wake_id: str,
+        generation: int,
+        acks: Sequence[AckItem],
+        done: bool,
+        now_ms: int,
+    ) -> AckResult:
+        return await self._call(
+            logic.ack, self._secret, sub_id, token, wake_id, generation, list(acks), done, now_ms
+        )
+
+    async def release(
+        self, sub_id: str, token: str, wake_id: str, generation: int, now_ms: int
+    ) -> None:
+        await self._call(logic.release, self._secret, sub_id, token, wake_id, generation, now_ms)
+
+    async def expire_leases(self, now_ms: int) -> int:
+        return await self._call(logic.expire_leases, now_ms)
+
+    # -- runner registry ------------------------------------------------------------------------
+
+    async def register_runner(
+        self, runner_id: str, label: str | None, wake_stream: str | None, now_ms: int
+    ) -> tuple[bool, Runner]:
+        return await self._call(logic.register_runner, runner_id, label, wake_stream, now_ms)
+
+    async def heartbeat(
+        self,
+        runner_id: str,
+        lease_ms: int,
+        wake_stream_offset: str | None,
+        diagnostics: dict[str, object],
+        now_ms: int,
+    ) -> Runner:
+        return await self._call(
+            logic.heartbeat, runner_id, lease_ms, wake_stream_offset, diagnostics, now_ms
+        )
+
+    async def runner(self, runner_id: str) -> Runner:
+        return await self._call(logic.runner, runner_id, write=False)
+
+    async def claims_held_by(self, worker: str) -> tuple[Subscription, ...]:
+        return await self._call(logic.claims_held_by, worker, write=False)
