@@ -1,0 +1,205 @@
+"""Assemble the ASGI app: routes, error answers, metrics, and the shutdown switch.
+
+Routes (docs/server.md has the full table):
+
+* ``/v1/stream/__ds/subscriptions/{id}[/streams[/{path}]|/claim|/ack|/release]``: pull-wake
+  subscriptions. Routed **before** ordinary streams; anything else under ``__ds`` is 404 or,
+  for webhook-only routes, 501.
+* ``/v1/stream/{path}``: Durable Streams (PUT, POST, GET, HEAD, DELETE).
+* ``/v1/runners``, ``/v1/runners/{id}[/heartbeat|/health]``: the runner registry.
+* ``/healthz`` (liveness of the server itself) and ``/metrics`` (Prometheus).
+
+Every error is ``{"error": {"code", "message", ...}}``. A ``ServerError`` becomes its own
+status; routing misses become 404/405; anything unexpected is logged with its traceback and
+answered 500 ``INTERNAL`` (tests treat that as a bug). Responses to ``HEAD`` never carry a body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pullwake.server import runners, streams, subscriptions
+from pullwake.server.auth import Authenticator, Policy
+from pullwake.server.bodies import DrainUnreadBody
+from pullwake.server.config import ServerConfig
+from pullwake.server.context import AppContext, context_of, wall_clock_ms
+from pullwake.server.errors import ServerError
+from pullwake.server.metrics import Metrics, MetricsMiddleware
+from pullwake.server.shutdown import ShutdownSignal
+from pullwake.server.store.base import Store
+
+log = logging.getLogger("pullwake.server")
+
+SUBSCRIPTIONS = "/v1/stream/__ds/subscriptions/{sub_id}"
+_ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]
+_STATUS_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+def error_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServerError)
+    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+    if exc.status == 405:
+        headers["allow"] = str(exc.extra.pop("allow", ""))
+    if exc.status >= 500 and exc.status != 501:
+        log.warning("answering %s %s: %s", exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.body(), headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "HTTP_ERROR")
+    if exc.status_code == 404:
+        message = f"No route for {request.url.path[:200]!r}; see docs/server.md for the routes."
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on this route; use one of: {allowed}."
+    else:
+        message = str(exc.detail)
+    return error_response(
+        exc.status_code, {"error": {"code": code, "message": message}}, dict(exc.headers or {})
+    )
+
+
+class ErrorBoundary:
+    """Turn any unexpected exception into a logged JSON 500; strip bodies from HEAD answers."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        is_head = scope["method"] == "HEAD"
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and is_head and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception:
+            self.metrics.unexpected_errors.inc()
+            log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
+            if started:
+                return
+            response = error_response(
+                500,
+                {
+                    "error": {
+                        "code": "INTERNAL",
+                        "message": "The server hit an unexpected error (logged); this is a "
+                        "bug in pullwake, please report it.",
+                    }
+                },
+            )
+            await response(scope, receive, guarded_send)
+
+
+async def healthz(request: Request) -> Response:
+    """Say whether this server process is up (503 while shutting down)."""
+    ctx = context_of(request)
+    if ctx.shutdown.started:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Expose Prometheus metrics (admin token needed when auth is on)."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    ctx.policy.require_admin(principal, "read metrics")
+    return Response(ctx.metrics.exposition(), headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+def _routes() -> list[Route]:
+    return [
+        Route(f"{SUBSCRIPTIONS}", subscriptions.put, methods=["PUT"]),
+        Route(f"{SUBSCRIPTIONS}", subscriptions.get, methods=["GET"]),
+        Route(f"{SUBSCRIPTIONS}", subscriptions.delete, methods=["DELETE"]),
+        Route(f"{SUBSCRIPTIONS}/streams", subscriptions.add_streams, methods=["POST"]),
+        Route(
+            f"{SUBSCRIPTIONS}/streams/{{path:path}}",
+            subscriptions.remove_stream,
+            methods=["DELETE"],
+        ),
+        Route(f"{SUBSCRIPTIONS}/claim", subscriptions.claim, methods=["POST"]),
+        Route(f"{SUBSCRIPTIONS}/ack", subscriptions.ack, methods=["POST"]),
+        Route(f"{SUBSCRIPTIONS}/release", subscriptions.release, methods=["POST"]),
+        Route(f"{SUBSCRIPTIONS}/callback", subscriptions.webhook_only, methods=["POST"]),
+        Route("/v1/stream/__ds/jwks.json", subscriptions.webhook_only, methods=["GET"]),
+        Route("/v1/stream/__ds", subscriptions.reserved, methods=_ALL_METHODS),
+        Route("/v1/stream/__ds/{rest:path}", subscriptions.reserved, methods=_ALL_METHODS),
+        Route(
+            "/v1/stream/{path:path}",
+            streams.stream_endpoint,
+            methods=["PUT", "POST", "GET", "HEAD", "DELETE"],
+        ),
+        Route("/v1/runners", runners.register, methods=["POST"]),
+        Route("/v1/runners/{runner_id}", runners.show, methods=["GET"]),
+        Route("/v1/runners/{runner_id}/heartbeat", runners.heartbeat, methods=["POST"]),
+        Route("/v1/runners/{runner_id}/health", runners.health, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
+def create_app(
+    store: Store, config: ServerConfig, *, clock: Callable[[], int] = wall_clock_ms
+) -> Starlette:
+    """Build the app around an **opened** store; the caller owns the store's lifetime.
+
+    ``clock`` (epoch ms) is what leases and health are judged by; tests pass a fake one.
+    """
+    metrics = Metrics()
+    ctx = AppContext(
+        store=store,
+        config=config,
+        auth=Authenticator.from_config(config),
+        policy=Policy(store),
+        shutdown=ShutdownSignal(),
+        metrics=metrics,
+        clock=clock,
+    )
+    app = Starlette(
+        routes=_routes(),
+        middleware=[
+            Middleware(DrainUnreadBody),
+            Middleware(MetricsMiddleware, metrics=metrics),
+            Middleware(ErrorBoundary, metrics=metrics),
+        ],
+        exception_handlers={ServerError: _server_error, HTTPException: _http_error},
+    )
+    app.router.redirect_slashes = False
+    app.state.ctx = ctx
+    return app
+
+
+def begin_shutdown(app: Starlette) -> None:
+    """End every open SSE stream and long-poll now (final control event, then EOF)."""
+    ctx = app.state.ctx
+    assert isinstance(ctx, AppContext)
+    ctx.shutdown.begin()

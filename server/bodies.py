@@ -1,0 +1,195 @@
+"""Read request bodies within the size limit, and pull typed fields out of JSON objects.
+
+Every helper raises a ``ServerError`` subclass with a message that names the field, so a bad
+request is a 400 that says what to fix, never a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pullwake.server.errors import BadRequest, PayloadTooLarge
+
+_MISSING: Any = object()
+
+
+#: How much of an oversized body is still read (and thrown away) before answering 413: a
+#: server that answers and closes while the client is still sending makes the client's TCP
+#: stack drop the answer (a reset), so the client would see a broken connection, not a 413.
+DRAIN_LIMIT = 16 * 1024 * 1024
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body is larger than {limit} bytes, the most this server accepts "
+        "(--max-body-bytes). Split the append into smaller ones."
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Return the whole body, or raise ``PayloadTooLarge`` once it passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadRequest("The Content-Length header is not a number.")
+        if int(declared) > DRAIN_LIMIT:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with aclosing(request.stream()) as body_chunks:
+            async for chunk in body_chunks:
+                size += len(chunk)
+                if size > DRAIN_LIMIT:
+                    break
+                if size <= limit:
+                    chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("The client went away before sending the whole body.") from None
+    if size > limit:
+        raise _too_large(limit)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(data: bytes, *, what: str = "body") -> Any:
+    """Parse strict JSON (no NaN/Infinity) or raise ``BadRequest``."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(
+            f"The {what} is not valid JSON ({type(exc).__name__}); send UTF-8 JSON.",
+            code="INVALID_JSON",
+        ) from None
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """Read a JSON object body; an empty body counts as ``{}``."""
+    data = await read_body(request, limit)
+    if not data.strip():
+        return {}
+    value = parse_json(data)
+    if not isinstance(value, dict):
+        raise BadRequest("The body must be a JSON object.", code="INVALID_REQUEST")
+    return value
+
+
+def _bad(name: str, expected: str) -> BadRequest:
+    return BadRequest(f"The field {name!r} must be {expected}.", code="INVALID_REQUEST")
+
+
+def str_field(
+    obj: dict[str, Any], name: str, *, required: bool = False, nullable: bool = True
+) -> str | None:
+    """Return a string field (``None`` when absent/null and allowed)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required or (value is None and not nullable):
+            raise _bad(name, "a non-empty string")
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise _bad(name, "a non-empty string" if required else "a string")
+    return value
+
+
+def int_field(
+    obj: dict[str, Any],
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """Return an integer field (booleans are not integers here)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if default is None:
+            raise _bad(name, "an integer")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, "an integer")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise _bad(name, f"an integer from {minimum} to {maximum}")
+    return value
+
+
+def bool_field(obj: dict[str, Any], name: str, *, default: bool = False) -> bool:
+    """Return a boolean field."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad(name, "true or false")
+    return value
+
+
+def str_list_field(obj: dict[str, Any], name: str, *, required: bool = False) -> list[str]:
+    """Return a list of non-empty strings (``[]`` when absent and not required)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise _bad(name, "a non-empty list of strings")
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(name, "a list of non-empty strings")
+    if required and not value:
+        raise _bad(name, "a non-empty list of strings")
+    return value
+
+
+def object_field(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """Return a JSON object field (``{}`` when absent)."""
+    value = obj.get(name, _MISSING)
+    if value is _MISSING or value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad(name, "a JSON object")
+    return value
+
+
+class DrainUnreadBody:
+    """Before an answer completes, read whatever is left of the request body (bounded).
+
+    Hypercorn keeps a connection alive only when the request was fully received by the time
+    the answer's last byte is sent; otherwise it closes the connection without saying so
+    (no ``Connection: close``), and a client that reuses it sees "server disconnected".
+    Answering before reading the body is common here (401, 404, 405, 413), so the last body
+    message of every answer waits until the rest of the request body has been read.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float = 5.0) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        done = False
+
+        async def tracked_receive() -> Message:
+            nonlocal done
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                done = True
+            return message
+
+        async def send_after_draining(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                drained = 0
+                with anyio.move_on_after(self.timeout):
+                    while not done and drained <= DRAIN_LIMIT:
+                        drained += len((await tracked_receive()).get("body", b""))
+            await send(message)
+
+        await self.app(scope, tracked_receive, send_after_draining)

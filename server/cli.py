@@ -1,0 +1,155 @@
+"""``pullwake server``: run the wake server (with no arguments: SQLite, on 127.0.0.1:4437).
+
+Secrets can come from the environment instead of the command line (where ``ps`` shows them):
+``PULLWAKE_ADMIN_TOKEN`` and ``PULLWAKE_RUNNER_TOKENS`` (``ID=SECRET`` entries separated by
+commas or whitespace). ``PULLWAKE_DATABASE_URL`` sets the default database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+from pullwake.errors import PullwakeError
+from pullwake.server.auth import UnsafeBindError, parse_runner_token
+from pullwake.server.config import DEFAULT_DATABASE_URL, DEFAULT_PORT, ServerConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare ``pullwake server``'s options."""
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("PULLWAKE_DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="sqlite:///PATH or postgresql://... (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port, 0 = any free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=defaults.keepalive,
+        help="seconds between keepalives on idle SSE streams (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        "--admin-token",
+        dest="admin_token",
+        default=os.environ.get("PULLWAKE_ADMIN_TOKEN"),
+        help="admin bearer token (or PULLWAKE_ADMIN_TOKEN); any token turns auth on",
+    )
+    parser.add_argument(
+        "--runner-token",
+        action="append",
+        default=[],
+        metavar="RUNNER_ID=SECRET",
+        help="a runner's bearer token; repeat per runner (or PULLWAKE_RUNNER_TOKENS)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        help="largest request body (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=defaults.shutdown_grace,
+        help="seconds open connections get after SIGTERM (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-sweep-interval",
+        type=float,
+        default=defaults.lease_sweep_interval,
+        help="seconds between expired-lease sweeps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--long-poll-timeout",
+        type=float,
+        default=defaults.long_poll_timeout,
+        help="seconds a long-poll read waits before 204 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="async backend (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stderr log level (default: %(default)s)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Build the configuration from parsed options and the environment."""
+    specs = list(args.runner_token)
+    specs.extend(os.environ.get("PULLWAKE_RUNNER_TOKENS", "").replace(",", " ").split())
+    runner_tokens = dict(parse_runner_token(spec) for spec in specs)
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        database_url=args.database,
+        keepalive=args.keepalive,
+        admin_token=args.admin_token or None,
+        runner_tokens=runner_tokens,
+        max_body_bytes=args.max_body_bytes,
+        shutdown_grace=args.shutdown_grace,
+        lease_sweep_interval=args.lease_sweep_interval,
+        long_poll_timeout=args.long_poll_timeout,
+    )
+
+
+def _ensure_sqlite_directory(url: str) -> None:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
+        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT/SIGTERM; return the exit status."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"pullwake server: {exc}", file=sys.stderr)
+        return 2
+    _ensure_sqlite_directory(config.database_url)
+    from pullwake.server.serve import serve
+
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        print(
+            "pullwake server: --backend trio needs trio: pip install 'pullwake[trio]'",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        anyio.run(serve, config, backend=args.backend)
+    except UnsafeBindError as exc:
+        print(f"pullwake server: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, PullwakeError) as exc:
+        print(f"pullwake server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

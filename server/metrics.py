@@ -1,0 +1,105 @@
+"""Prometheus metrics, one registry per app (two apps in one process never share counters)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class Metrics:
+    """The server's counters and the registry that exposes them at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "pullwake_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "pullwake_http_request_duration_seconds",
+            "Time to answer a non-streaming HTTP request.",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.sse_open = Gauge(
+            "pullwake_sse_streams_open",
+            "SSE responses currently open.",
+            registry=self.registry,
+        )
+        self.messages_appended = Counter(
+            "pullwake_messages_appended",
+            "Messages appended to streams through this server.",
+            registry=self.registry,
+        )
+        self.wakes = Counter(
+            "pullwake_wakes",
+            "Wake events appended to wake streams by appends through this server.",
+            registry=self.registry,
+        )
+        self.claims = Counter(
+            "pullwake_claims",
+            "Claim attempts, by outcome (the error code, or ok).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.acks = Counter(
+            "pullwake_acks",
+            "Acks and releases, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
+        self.leases_expired = Counter(
+            "pullwake_leases_expired",
+            "Claim leases the sweeper cleared.",
+            registry=self.registry,
+        )
+        self.unexpected_errors = Counter(
+            "pullwake_unexpected_errors",
+            "Requests that ended in a 500 (each one is a bug).",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """Return the text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Count every answer by route template (never the raw path: it would explode labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: dict[str, Any] = {"code": 500, "streaming": False}
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = dict(message.get("headers", []))
+                status["streaming"] = headers.get(b"content-type", b"").startswith(
+                    b"text/event-stream"
+                )
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status["code"])).inc()
+            if not status["streaming"]:
+                self.metrics.request_seconds.labels(template, method).observe(
+                    time.perf_counter() - started
+                )

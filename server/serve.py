@@ -1,0 +1,188 @@
+"""Run the wake server: open the store, serve with hypercorn, sweep leases, stop cleanly.
+
+Theory of operation
+-------------------
+:func:`serve` runs on whatever anyio backend it is called from (hypercorn has an asyncio and a
+trio flavour; :func:`sniffio.current_async_library` picks one). It binds the listening socket
+itself, so ``port=0`` yields a real port before anything is announced, then prints one line,
+``pullwake server listening on http://HOST:PORT``, that scripts and tests wait for.
+
+Three tasks run side by side: hypercorn, the lease sweeper (every ``lease_sweep_interval``
+seconds it clears expired claim leases and re-wakes pending work; with several processes on one
+PostgreSQL each sweeps, and the store's transactions make that safe), and the signal watcher.
+
+Shutdown on SIGINT or SIGTERM: first every SSE stream and long-poll is told to finish (a final
+control event, then EOF; see ``shutdown.py``), then hypercorn stops accepting and gives open
+connections at most ``shutdown_grace`` seconds, then the store closes. Further signals are
+logged and otherwise ignored: the grace is already bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+import anyio
+import sniffio
+from hypercorn.config import Config as HypercornConfig
+from starlette.applications import Starlette
+
+from pullwake.server.app import begin_shutdown, create_app
+from pullwake.server.auth import require_safe_bind
+from pullwake.server.config import ServerConfig
+from pullwake.server.context import AppContext, wall_clock_ms
+from pullwake.server.store.base import Store
+
+log = logging.getLogger("pullwake.server")
+
+LISTENING_PREFIX = "pullwake server listening on "
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (``port`` 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket, host: str) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    return f"http://{shown}:{port}"
+
+
+def hypercorn_config(config: ServerConfig, sock: socket.socket) -> HypercornConfig:
+    """Configure hypercorn to serve on an already-bound socket (handed over by fd)."""
+    hyper = HypercornConfig()
+    hyper.bind = [f"fd://{sock.detach()}"]
+    hyper.graceful_timeout = config.shutdown_grace
+    hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("pullwake.server.hypercorn")
+    hyper.include_server_header = False
+    hyper.keep_alive_timeout = 5.0
+    return hyper
+
+
+async def sweep_leases(app: Starlette, interval: float) -> None:
+    """Clear expired claim leases every ``interval`` seconds (store errors are logged)."""
+    ctx = app.state.ctx
+    assert isinstance(ctx, AppContext)
+    while True:
+        await anyio.sleep(interval)
+        try:
+            expired = await ctx.store.expire_leases(ctx.clock())
+        except Exception:
+            log.exception("lease sweep failed; retrying in %.1f s", interval)
+            continue
+        if expired:
+            ctx.metrics.leases_expired.inc(expired)
+            log.info("cleared %d expired claim lease(s)", expired)
+
+
+async def _hypercorn_serve(
+    app: Starlette, hyper: HypercornConfig, shutdown_trigger: Callable[[], object]
+) -> None:
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve as trio_serve
+
+        await trio_serve(app, hyper, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    else:
+        from hypercorn.asyncio import serve as asyncio_serve
+
+        await asyncio_serve(app, hyper, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+async def serve_app(
+    app: Starlette,
+    config: ServerConfig,
+    *,
+    announce: Callable[[str], None] | None = None,
+    handle_signals: bool = True,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Serve ``app`` until a signal (or ``stop``) arrives, then shut down gracefully."""
+    require_safe_bind(config)
+    sock = bind_socket(config.host, config.port)
+    url = url_of(sock, config.host)
+    hyper = hypercorn_config(config, sock)
+    stopping = anyio.Event()
+
+    def begin(reason: str) -> None:
+        if not stopping.is_set():
+            log.info("%s: closing SSE streams and stopping", reason)
+            begin_shutdown(app)
+            stopping.set()
+
+    async with anyio.create_task_group() as tg:
+        if handle_signals:
+
+            async def watch_signals() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for signum in signals:
+                        if stopping.is_set():
+                            log.warning(
+                                "%s again: already stopping (connections get at most %.1f s)",
+                                signal.Signals(signum).name,
+                                config.shutdown_grace,
+                            )
+                        begin(signal.Signals(signum).name)
+
+            tg.start_soon(watch_signals)
+        if stop is not None:
+
+            async def watch_stop() -> None:
+                await stop.wait()
+                begin("stop requested")
+
+            tg.start_soon(watch_stop)
+        tg.start_soon(sweep_leases, app, config.lease_sweep_interval)
+        (announce or _print_listening)(url)
+
+        async def run_hypercorn() -> None:
+            # In a task of its own: hypercorn's asyncio flavour leaves an unbalanced cancel
+            # request on the task that ran it, which would otherwise leak into this group.
+            await _hypercorn_serve(app, hyper, stopping.wait)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(run_hypercorn)
+    log.info("pullwake server stopped")
+
+
+def _print_listening(url: str) -> None:
+    print(f"{LISTENING_PREFIX}{url}", flush=True)
+    log.info("listening on %s", url)
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    store: Store | None = None,
+    announce: Callable[[str], None] | None = None,
+    handle_signals: bool = True,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Open the store named by ``config.database_url`` (unless given), serve, close it."""
+    require_safe_bind(config)
+    if store is None:
+        from pullwake.server.store import open_store
+
+        store = open_store(config.database_url)
+    await store.open()
+    try:
+        app = create_app(store, config, clock=wall_clock_ms)
+        await serve_app(app, config, announce=announce, handle_signals=handle_signals, stop=stop)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.aclose()
+        sys.stdout.flush()

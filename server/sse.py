@@ -1,0 +1,217 @@
+"""Server-Sent Events for ``live=sse`` reads: framing, the response, and the read loop.
+
+Theory of operation
+-------------------
+One SSE response follows one stream from a start offset:
+
+1. **Catch-up**: read batches from the store; each batch becomes one ``event: data`` (a JSON
+   array for JSON streams, text for ``text/*``, base64 for anything else) followed by one
+   ``event: control`` carrying ``streamNextOffset``, ``streamCursor`` and ``upToDate``. A read
+   that finds nothing (an empty stream, or ``offset=now``) still sends one control event, so
+   the reader learns the tail at once.
+2. **Live**: once up to date, wait on ``store.wait_for_change`` (no polling interval: new data
+   reaches the reader as soon as the append commits). Each time ``keepalive`` seconds pass with
+   nothing to send, write an SSE comment line, so a reader can treat silence as a dead server.
+3. **End**: on server shutdown, write a final control event and end the body (EOF) at once,
+   so readers reconnect immediately instead of waiting for a timeout. A stream deleted under
+   the reader ends the body too. A client that disconnects cancels the loop.
+
+The framing is written by hand (a dozen lines): the client side parses with httpx-sse, but the
+writing side needs exact control over when bytes hit the socket (keepalives, the final control
+event before EOF), which the small SSE helper libraries do not give. Payload lines are split
+on every SSE line terminator (CRLF, CR, LF) so data can never inject a fake event. Every
+``data:`` field is followed by exactly one space, which parsers strip (WHATWG SSE: "if value
+starts with a space, remove it"), so a payload line that itself starts with a space survives.
+(The reference server writes ``data:`` with no space, so such a line loses its first space.)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+import anyio
+from starlette.types import Message, Receive, Scope, Send
+
+from pullwake.server.cursors import next_cursor
+from pullwake.server.errors import NotFound
+from pullwake.server.shutdown import ShutdownSignal, Wakeup
+from pullwake.server.store.base import NOW_OFFSET, START_OFFSET, Store
+from pullwake.server.store.base import Message as StoredMessage
+
+log = logging.getLogger("pullwake.server.sse")
+
+#: The comment written on an idle stream; SSE parsers ignore it, sockets see bytes.
+KEEPALIVE = b": keepalive\n\n"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+Encoding = Literal["json", "text", "base64"]
+Write = Callable[[bytes], Awaitable[None]]
+
+
+def encode_event(event: str, data: str) -> bytes:
+    """Frame one SSE event; every line of ``data`` gets its own ``data:`` field."""
+    lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    return f"event: {event}\n{lines}\n".encode()
+
+
+def control_event(next_offset: str, cursor: str, up_to_date: bool) -> bytes:
+    """Frame the control event that follows every data event."""
+    payload = {"streamNextOffset": next_offset, "streamCursor": cursor, "upToDate": up_to_date}
+    return encode_event("control", json.dumps(payload, separators=(",", ":")))
+
+
+def encoding_for(content_type: str) -> Encoding:
+    """Return how a stream of ``content_type`` travels over SSE (spec §5.7/§7)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        return "json"
+    if media.startswith("text/"):
+        return "text"
+    return "base64"
+
+
+def data_event(messages: tuple[StoredMessage, ...], encoding: Encoding) -> bytes:
+    """Frame one batch of messages as a single ``event: data``."""
+    if encoding == "json":
+        payload = "[" + ",".join(m.data.decode("utf-8") for m in messages) + "]"
+    elif encoding == "text":
+        payload = b"".join(m.data for m in messages).decode("utf-8", errors="replace")
+    else:
+        payload = base64.b64encode(b"".join(m.data for m in messages)).decode("ascii")
+    return encode_event("data", payload)
+
+
+class SSEResponse:
+    """An ASGI response whose body is written by ``produce(write)`` until it returns.
+
+    A second task watches ``receive`` for ``http.disconnect`` and cancels the producer, so a
+    reader that goes away never leaves a loop behind.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[Write], Awaitable[None]],
+        headers: dict[str, str],
+        on_open: Callable[[], None] = lambda: None,
+        on_close: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.produce = produce
+        self.headers = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache, no-store",
+            "x-accel-buffering": "no",
+            # An event stream ends only on shutdown, deletion or disconnect: close the
+            # connection with it rather than keep an idle one that shutdown must wait for.
+            "connection": "close",
+            **headers,
+        }
+        self.on_open = on_open
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode(), v.encode()) for k, v in self.headers.items()],
+            }
+        )
+
+        async def write(chunk: bytes) -> None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+        self.on_open()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch_disconnect() -> None:
+                    while True:
+                        message: Message = await receive()
+                        if message["type"] == "http.disconnect":
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(watch_disconnect)
+                await self.produce(write)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                tg.cancel_scope.cancel()
+        finally:
+            self.on_close()
+
+
+class EventStream:
+    """The read loop of one SSE response (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        shutdown: ShutdownSignal,
+        path: str,
+        start_offset: str,
+        encoding: Encoding,
+        *,
+        keepalive: float,
+        max_read_bytes: int,
+        client_cursor: str | None,
+    ) -> None:
+        self.store = store
+        self.shutdown = shutdown
+        self.path = path
+        # Invariant: the offset after the last message written (never a sentinel once known).
+        self.offset = start_offset
+        self.encoding = encoding
+        self.keepalive = keepalive
+        self.max_read_bytes = max_read_bytes
+        self.client_cursor = client_cursor
+
+    def _control(self, up_to_date: bool) -> bytes:
+        return control_event(self.offset, next_cursor(self.client_cursor), up_to_date)
+
+    async def run(self, write: Write) -> None:
+        """Write catch-up, then live data, keepalives, and a final control event on shutdown."""
+        try:
+            await self._run(write)
+        except NotFound:
+            log.info("stream %r went away under an SSE reader; ending the response", self.path)
+
+    async def _run(self, write: Write) -> None:
+        first = True
+        while True:
+            if self.shutdown.started:
+                await write(self._control(up_to_date=False))
+                return
+            result = await self.store.read(self.path, self.offset, self.max_read_bytes)
+            if result.messages:
+                await write(data_event(result.messages, self.encoding))
+            if result.messages or first:
+                self.offset = await self._real_offset(result.next_offset)
+                await write(self._control(result.up_to_date))
+            first = False
+            if not result.up_to_date:
+                continue
+            if not await self._wait_live(write):
+                await write(self._control(up_to_date=True))
+                return
+
+    async def _real_offset(self, offset: str) -> str:
+        """Never hand a sentinel (``-1``/``now``) to a reader: resolve it to the tail."""
+        if offset in (START_OFFSET, NOW_OFFSET):
+            return (await self.store.stream(self.path)).tail_offset
+        return offset
+
+    async def _wait_live(self, write: Write) -> bool:
+        """Wait for new data, writing keepalives; return False when the server shuts down."""
+        while True:
+            wakeup = await self.shutdown.wait_for_change(
+                self.store, self.path, self.offset, self.keepalive
+            )
+            if wakeup is Wakeup.CHANGED:
+                return True
+            if wakeup is Wakeup.SHUTDOWN:
+                return False
+            await write(KEEPALIVE)

@@ -1,0 +1,347 @@
+"""HTTP handlers for pull-wake subscriptions under ``/v1/stream/__ds/subscriptions/{id}``.
+
+The store decides everything that needs a transaction (linking, wakes, claims, fencing); these
+handlers validate input, check the caller's rights, and shape answers as the protocol shows
+them. Paths in bodies are relative to the stream root; like the reference server we strip
+leading and trailing slashes before validating them.
+
+Extensions to the protocol's subscription view (additive, spec §9.1): ``generation``,
+``wake_id``, ``holder`` and ``lease_expires_at_ms``, so operators can see who holds what.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from pullwake.server import paths
+from pullwake.server.auth import Principal
+from pullwake.server.bodies import (
+    bool_field,
+    int_field,
+    read_json_object,
+    str_field,
+    str_list_field,
+)
+from pullwake.server.context import AppContext, context_of
+from pullwake.server.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    NotImplementedYet,
+    ServerError,
+    Unauthorized,
+)
+from pullwake.server.store.base import AckItem, LinkedStream, Subscription, SubscriptionConfig
+
+
+class MethodNotAllowed(ServerError):
+    """A known control route asked with a method it does not serve."""
+
+    status = 405
+    default_code = "METHOD_NOT_ALLOWED"
+
+
+MIN_LEASE_TTL_MS = 1_000
+MAX_LEASE_TTL_MS = 600_000
+DEFAULT_LEASE_TTL_MS = 30_000
+
+
+def _relative(path: str, what: str) -> str:
+    return paths.stream_path(path.strip("/"), what=what)
+
+
+def _iso(ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _link_json(link: LinkedStream) -> dict[str, Any]:
+    return {"path": link.path, "link_type": link.link_type, "acked_offset": link.acked_offset}
+
+
+def subscription_json(sub: Subscription) -> dict[str, Any]:
+    """Return a subscription as ``GET .../subscriptions/{id}`` shows it."""
+    view: dict[str, Any] = {
+        "id": sub.id,
+        "subscription_id": sub.id,
+        "type": sub.config.type,
+        "pattern": sub.config.pattern,
+        "streams": [_link_json(link) for link in sub.streams],
+        "wake_stream": sub.config.wake_stream,
+        "lease_ttl_ms": sub.config.lease_ttl_ms,
+        "created_at": _iso(sub.created_at_ms),
+        "status": "active",
+        "generation": sub.generation,
+        "wake_id": sub.wake_id,
+        "holder": sub.holder,
+        "lease_expires_at_ms": sub.lease_expires_at_ms,
+    }
+    if sub.config.description is not None:
+        view["description"] = sub.config.description
+    return view
+
+
+def _sub_id(request: Request) -> str:
+    return paths.identifier(request.path_params["sub_id"], what="subscription id")
+
+
+async def _visible(ctx: AppContext, principal: Principal, sub_id: str) -> Subscription:
+    sub = await ctx.store.subscription(sub_id)
+    await ctx.policy.require_subscription(principal, sub)
+    return sub
+
+
+def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
+    """Validate a create body into a normalised configuration (or raise ``BadRequest``)."""
+    kind = body.get("type")
+    if kind == "webhook":
+        raise NotImplementedYet(
+            "pullwake serves pull-wake subscriptions only; webhook subscriptions are not "
+            "implemented. Use type 'pull-wake' with a wake_stream.",
+        )
+    if kind != "pull-wake":
+        raise BadRequest("The field 'type' must be 'pull-wake'.", code="INVALID_REQUEST")
+    pattern = str_field(body, "pattern")
+    if pattern is not None:
+        pattern = paths.glob_pattern(pattern.strip("/")) if pattern else None
+    streams = sorted({_relative(s, "stream path") for s in str_list_field(body, "streams")})
+    if pattern is None and not streams:
+        raise BadRequest(
+            "A subscription needs a 'pattern', a 'streams' list, or both.",
+            code="INVALID_REQUEST",
+        )
+    wake_stream = _relative(str_field(body, "wake_stream", required=True) or "", "wake_stream")
+    lease_ttl_ms = int_field(
+        body,
+        "lease_ttl_ms",
+        default=DEFAULT_LEASE_TTL_MS,
+        minimum=MIN_LEASE_TTL_MS,
+        maximum=MAX_LEASE_TTL_MS,
+    )
+    return SubscriptionConfig(
+        wake_stream=wake_stream,
+        pattern=pattern,
+        streams=tuple(streams),
+        lease_ttl_ms=lease_ttl_ms,
+        description=str_field(body, "description"),
+    )
+
+
+async def put(request: Request) -> Response:
+    """Create (201) or re-confirm (200) a subscription; 409 if the id has another config."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    ctx.policy.require_admin(principal, "create subscriptions")
+    config = parse_config(await read_json_object(request, ctx.config.max_body_bytes))
+    created, sub = await ctx.store.put_subscription(sub_id, config, ctx.clock())
+    return JSONResponse(subscription_json(sub), status_code=201 if created else 200)
+
+
+async def get(request: Request) -> Response:
+    """Return a subscription with its links and cursors."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    return JSONResponse(subscription_json(await _visible(ctx, principal, _sub_id(request))))
+
+
+async def delete(request: Request) -> Response:
+    """Delete a subscription (204, also when it does not exist, like the reference)."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    ctx.policy.require_admin(principal, "delete subscriptions")
+    try:
+        await ctx.store.delete_subscription(sub_id)
+    except NotFound:
+        pass
+    return Response(status_code=204)
+
+
+async def add_streams(request: Request) -> Response:
+    """Link streams explicitly (idempotent; new links start at the tail)."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    ctx.policy.require_admin(principal, "change subscriptions")
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    streams = [_relative(s, "stream path") for s in str_list_field(body, "streams", required=True)]
+    await ctx.store.add_streams(sub_id, streams, ctx.clock())
+    return Response(status_code=204)
+
+
+async def remove_stream(request: Request) -> Response:
+    """Remove an explicit link (idempotent; a glob link stays while the pattern matches)."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    ctx.policy.require_admin(principal, "change subscriptions")
+    path = _relative(request.path_params["path"], "stream path")
+    await ctx.store.remove_stream(sub_id, path, ctx.clock())
+    return Response(status_code=204)
+
+
+def _outcome(exc: ServerError) -> str:
+    return exc.code.lower()
+
+
+async def claim(request: Request) -> Response:
+    """Claim the pending wake: answers the token, generation, streams and lease."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    worker = paths.identifier(str_field(body, "worker", required=True) or "", what="worker")
+    if not principal.unrestricted and worker != principal.runner_id:
+        raise Forbidden(
+            f"Runner {principal.runner_id!r} may claim only as itself; send "
+            f'{{"worker": "{principal.runner_id}"}}.'
+        )
+    await _visible(ctx, principal, sub_id)
+    try:
+        won = await ctx.store.claim(sub_id, worker, ctx.clock())
+    except ServerError as exc:
+        ctx.metrics.claims.labels(_outcome(exc)).inc()
+        raise
+    ctx.metrics.claims.labels("ok").inc()
+    return JSONResponse(
+        {
+            "wake_id": won.wake_id,
+            "generation": won.generation,
+            "token": won.token,
+            "streams": [
+                {
+                    **_link_json(link),
+                    "tail_offset": link.tail_offset,
+                    "has_pending": link.has_pending,
+                }
+                for link in won.streams
+            ],
+            "lease_ttl_ms": won.lease_ttl_ms,
+        }
+    )
+
+
+def _claim_token(request: Request) -> str:
+    raw = request.headers.get("authorization", "")
+    scheme, _, token = raw.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "Send the claim token from the claim answer as 'Authorization: Bearer <token>'.",
+            code="INVALID_TOKEN",
+        )
+    return token.strip()
+
+
+def _fence_fields(body: dict[str, Any]) -> tuple[str, int]:
+    wake_id = str_field(body, "wake_id", required=True) or ""
+    generation = int_field(body, "generation", minimum=0, maximum=2**62)
+    return wake_id, generation
+
+
+def _acks(body: dict[str, Any]) -> list[AckItem]:
+    raw = body.get("acks")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BadRequest("The field 'acks' must be a list.", code="INVALID_REQUEST")
+    items = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            raise BadRequest(
+                'Each ack must be an object {"stream": path, "offset": offset}.',
+                code="INVALID_REQUEST",
+            )
+        stream = entry.get("stream", entry.get("path"))
+        offset = entry.get("offset")
+        if not isinstance(stream, str) or not isinstance(offset, str):
+            raise BadRequest(
+                "Each ack needs a string 'stream' and a string 'offset'.", code="INVALID_REQUEST"
+            )
+        try:
+            stream = _relative(stream, "ack stream")
+            paths.offset(offset)
+        except BadRequest as exc:
+            raise Conflict(
+                f"The ack names no offset of a linked stream: {exc.message}",
+                code="INVALID_OFFSET",
+            ) from None
+        items.append(AckItem(stream=stream, offset=offset))
+    return items
+
+
+async def ack(request: Request) -> Response:
+    """Apply acks (inclusive); without ``done`` this extends the lease, with it releases."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers, claim_route=True)
+    sub_id = _sub_id(request)
+    token = _claim_token(request)
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    await _visible(ctx, principal, sub_id)
+    wake_id, generation = _fence_fields(body)
+    acks = _acks(body)
+    done = bool_field(body, "done")
+    try:
+        result = await ctx.store.ack(sub_id, token, wake_id, generation, acks, done, ctx.clock())
+    except ServerError as exc:
+        ctx.metrics.acks.labels("ack", _outcome(exc)).inc()
+        raise
+    ctx.metrics.acks.labels("ack", "ok").inc()
+    return JSONResponse({"ok": True, "next_wake": result.next_wake})
+
+
+async def release(request: Request) -> Response:
+    """Give the claim back without acking (re-wakes if work is pending)."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers, claim_route=True)
+    sub_id = _sub_id(request)
+    token = _claim_token(request)
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    await _visible(ctx, principal, sub_id)
+    wake_id, generation = _fence_fields(body)
+    try:
+        await ctx.store.release(sub_id, token, wake_id, generation, ctx.clock())
+    except ServerError as exc:
+        ctx.metrics.acks.labels("release", _outcome(exc)).inc()
+        raise
+    ctx.metrics.acks.labels("release", "ok").inc()
+    return Response(status_code=204)
+
+
+async def webhook_only(request: Request) -> Response:
+    """Answer 501 for webhook-only routes (callback, JWKS)."""
+    raise NotImplementedYet(
+        "pullwake serves pull-wake subscriptions only; webhook callbacks and signing keys "
+        "are not implemented."
+    )
+
+
+_ALLOWED_BY_SHAPE = (
+    (re.compile(r"subscriptions/[^/]+"), "PUT, GET, DELETE"),
+    (re.compile(r"subscriptions/[^/]+/streams"), "POST"),
+    (re.compile(r"subscriptions/[^/]+/streams/.+"), "DELETE"),
+    (re.compile(r"subscriptions/[^/]+/(claim|ack|release|callback)"), "POST"),
+    (re.compile(r"jwks\.json"), "GET"),
+)
+
+
+async def reserved(request: Request) -> Response:
+    """Answer the rest of the reserved ``__ds`` prefix: 405 on a known route, else 404."""
+    rest = request.url.path.removeprefix("/v1/stream/__ds").lstrip("/")
+    for shape, allowed in _ALLOWED_BY_SHAPE:
+        if shape.fullmatch(rest):
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on this route; use one of: {allowed}.",
+                allow=allowed,
+            )
+    raise NotFound(
+        f"{request.url.path[:200]!r} is not a control route; subscriptions live at "
+        "/v1/stream/__ds/subscriptions/{id}.",
+        code="NOT_FOUND",
+    )
