@@ -1,14 +1,37 @@
 """Errors of ``pullwake.runtime``.
 
-::
+Every answer from the server and every network failure is translated into one of these at a
+single edge (:func:`pullwake.runtime.client.map_http_errors`), so the runner and the
+applications that embed it never see an ``httpx`` exception::
 
     PullwakeError
     └── RuntimeFailure
         ├── ActorError              the actor was misused or is not running
-        └── ...                     (the runner's errors; see runner documentation)
+        ├── RequestFailed           an exchange with the server failed (.method, .url, .status)
+        │   ├── TransientError      worth retrying later, unchanged
+        │   │   ├── ServerUnreachable   no answer: connect/read error, timeout, reset
+        │   │   └── ServerFailure       a 5xx answer
+        │   ├── Refused             a 4xx answer: retrying the same request will not help
+        │   │   ├── Rejected            401/403: the credentials were refused (the runner stops)
+        │   │   ├── NotFound            404: no such stream, subscription or runner
+        │   │   ├── Conflict            409, with ``.code``
+        │   │   │   ├── AlreadyClaimed      ALREADY_CLAIMED: another worker holds the lease
+        │   │   │   ├── NoPendingWork       NO_PENDING_WORK: nothing left to claim
+        │   │   │   └── Fenced              FENCED: this claim's lease is gone
+        │   │   └── ClientError         any other 4xx
+        │   └── ProtocolViolation   an answer that breaks the protocol (bad JSON, wrong type)
+        ├── LeaseLost               a handler's claim was fenced; the handler was cancelled
+        └── RunnerError             the runner was misused or could not stop cleanly
+            ├── RunnerNotRunning        start()/stop() outside ``async with Runner(...)``
+            └── StopTimeout             handlers ignored cancellation; ``.stuck`` names them
+
+``Rejected`` is the one refusal the runner treats as final: it stops and keeps the error in
+``runner.error``; ``wait_state()`` and ``stop()`` raise it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from pullwake.errors import PullwakeError
 
@@ -19,3 +42,109 @@ class RuntimeFailure(PullwakeError):
 
 class ActorError(RuntimeFailure):
     """The actor was used outside ``async with``, or with an incomplete activity table."""
+
+
+class RequestFailed(RuntimeFailure):
+    """An HTTP exchange with the server failed; see the subclasses for why.
+
+    ``status`` is the HTTP status (``None`` when no answer came), ``code`` the short error code
+    of the answer's JSON body (``None`` when it had none), ``body`` the decoded JSON error body.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        status: int | None = None,
+        code: str | None = None,
+        body: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.status = status
+        self.code = code
+        self.body = body or {}
+
+
+class TransientError(RequestFailed):
+    """The server could not be reached or failed; the same request may work later."""
+
+
+class ServerUnreachable(TransientError):
+    """No answer: the connection was refused, reset, timed out or closed mid-answer."""
+
+
+class ServerFailure(TransientError):
+    """The server answered 5xx (a bug or an outage on its side)."""
+
+
+class Refused(RequestFailed):
+    """The server answered 4xx: repeating the request unchanged will get the same answer."""
+
+
+class Rejected(Refused):
+    """The server refused the credentials (401) or the permission (403)."""
+
+
+class NotFound(Refused):
+    """The server does not know the stream, subscription or runner (404)."""
+
+
+class Conflict(Refused):
+    """The request conflicts with the server's state (409); ``code`` says how."""
+
+
+class AlreadyClaimed(Conflict):
+    """Another worker holds the subscription's lease (ALREADY_CLAIMED)."""
+
+
+class NoPendingWork(Conflict):
+    """The subscription has nothing pending (NO_PENDING_WORK)."""
+
+
+class Fenced(Conflict):
+    """The claim is no longer current (FENCED): its lease expired or another claim replaced it."""
+
+
+class ClientError(Refused):
+    """Any other 4xx answer: a malformed request or one the server does not support."""
+
+
+class ProtocolViolation(RequestFailed):
+    """The server's answer does not follow the protocol (unparseable JSON, missing fields)."""
+
+
+class LeaseLost(RuntimeFailure):
+    """The lease of a claim was lost while its handler ran, so the handler was cancelled.
+
+    The server answered FENCED (or refused the claim token) to an ack: the lease expired, most
+    often because the handler blocked the event loop longer than the lease, or another claim
+    replaced it. The work is not lost: the server wakes the subscription again.
+    """
+
+
+class RunnerError(RuntimeFailure):
+    """The runner was misused, or could not stop cleanly."""
+
+
+class RunnerNotRunning(RunnerError):
+    """``start()``/``stop()`` was called outside ``async with Runner(...)``."""
+
+
+class StopTimeout(RunnerError):
+    """Handlers ignored cancellation past the stop bound; ``stuck`` names each of them.
+
+    ``stop()`` returned anyway (it is bounded) and the claims of these handlers were released,
+    so the server will hand their work to another claim. The tasks themselves keep running
+    until they return: anyio cannot abandon a task, so leaving ``async with Runner(...)`` waits
+    for them. Fix the handlers: they must not catch the cancellation exception without
+    re-raising it, nor shield long waits.
+    """
+
+    def __init__(self, message: str, stuck: Sequence[str]) -> None:
+        super().__init__(message)
+        self.stuck = tuple(stuck)

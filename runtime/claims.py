@@ -1,0 +1,758 @@
+"""Turn wakes into claims and claims into handler calls: the claim pipeline.
+
+Theory of operation
+-------------------
+Wakes arrive from the wake stream through :meth:`ClaimPipeline.submit`, which never blocks.
+Each subscription has a **lane**: a FIFO of the wakes not yet attempted, and at most one worker
+task. The worker takes the wakes one by one: it claims the subscription, calls the handler with
+a :class:`Claim`, then acks ``done`` or releases. So there is one claim at a time per
+subscription, and a wake for a busy subscription waits in its lane (never overwritten, never
+polled for) and is claimed once the active one ends. Different subscriptions run concurrently,
+at most ``concurrency`` claims and handlers at once. A lane's worker exits when its FIFO is
+empty; a new wake starts a new one.
+
+Each attempt ends in exactly one way, and settles the wake's :class:`~.offsets.Ticket` (the
+wake stream's committed offset may pass it):
+
+- **skipped**: 409 ALREADY_CLAIMED (another worker has it) or NO_PENDING_WORK (an earlier
+  claim took the work);
+- **claimed**: the server holds our lease; the handler runs. While it runs, the lease is
+  extended (an ack without ``done``) every third of ``lease_ttl``. Success acks ``done`` with
+  the snapshot's tails; a handler that raises has its claim released, and the lane pauses
+  with a growing backoff so a poison message cannot spin; an ack answered FENCED (or a refused
+  claim token) means the lease was lost: the handler is cancelled and counted in
+  ``leases_lost``;
+- **failed**: a refusal that will not change (404: the subscription was deleted; other 4xx).
+
+Transient failures (network, 5xx) of the claim are retried with backoff until they succeed or
+the pipeline closes; they never drop the wake. A 401/403 on the claim is reported through
+``on_rejected`` (the runner then stops).
+
+A claim taken is always finished: acked, released, or known lost. If the pipeline closes
+between the claim and the handler, or the handler is cancelled, the claim is released in a
+shielded, bounded scope; a handler that ignores cancellation past the stop bound is named in
+the result of :meth:`ClaimPipeline.close`, and its claim is released anyway.
+
+What may never happen: two claims of one subscription in flight; a wake dropped while its
+subscription is busy; a handler shown a partial view of its streams (a failed read raises in
+the handler: fail closed); a claim left held after the pipeline closed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+
+from .backoff import Backoff
+from .client import ClaimGrant, Client, StreamState, offset_after
+from .clock import Clock, SystemClock
+from .errors import (
+    AlreadyClaimed,
+    Fenced,
+    LeaseLost,
+    NoPendingWork,
+    ProtocolViolation,
+    Refused,
+    Rejected,
+    RequestFailed,
+    TransientError,
+)
+from .offsets import Ticket
+
+__all__ = [
+    "Batch",
+    "Claim",
+    "ClaimPipeline",
+    "ClaimSettings",
+    "ClaimStatistics",
+    "Handler",
+    "Wake",
+]
+
+logger = logging.getLogger("pullwake.claims")
+
+
+def wall_time() -> str:
+    """Return the current wall-clock time as an ISO 8601 UTC string (for diagnostics)."""
+    return datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds")
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Wake:
+    """A wake event read from the wake stream."""
+
+    subscription_id: str
+    stream: str | None = None
+    generation: int | None = None
+    ts: int | None = None
+
+    @classmethod
+    def parse(cls, message: Any) -> Wake | None:
+        """Return the wake a wake-stream message holds, or ``None`` if it is no wake."""
+        if not isinstance(message, dict) or message.get("type") != "wake":
+            return None
+        sub = message.get("subscription_id")
+        if not isinstance(sub, str) or not sub:
+            return None
+        stream = message.get("stream")
+        generation = message.get("generation")
+        ts = message.get("ts")
+        return cls(
+            sub,
+            stream if isinstance(stream, str) else None,
+            generation if isinstance(generation, int) else None,
+            ts if isinstance(ts, int) else None,
+        )
+
+
+@attrs.frozen
+class Batch:
+    """One read of a claimed stream: its messages and the offset that acks all of them.
+
+    ``messages`` holds decoded JSON values (JSON streams) or one ``bytes`` item (others).
+    Ack ``offset`` (``await claim.ack(batch.stream, batch.offset)``) only once every message of
+    the batch is handled: offsets are per read, not per message.
+    """
+
+    stream: str
+    messages: tuple[Any, ...]
+    offset: str
+
+
+@attrs.frozen
+class ClaimSettings:
+    """Tunables of the claim pipeline (delays in clock seconds, bounds in real seconds)."""
+
+    #: Claims and handlers running at once, across subscriptions.
+    concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    #: Retries of a claim that failed transiently (network, 5xx).
+    retry: Backoff = attrs.field(factory=lambda: Backoff(initial=0.2, maximum=10.0))
+    #: The pause of a lane after its handler failed (grows with consecutive failures).
+    failure_backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=1.0, maximum=60.0))
+    #: Fraction of ``lease_ttl`` between two lease extensions.
+    extend_fraction: float = attrs.field(default=1 / 3, validator=attrs.validators.gt(0))
+    #: Bound, in real seconds, on one release or final ack attempt.
+    request_timeout: float = 5.0
+
+
+@attrs.define
+class ClaimStatistics:
+    """Counters of the claim pipeline since it was made, and the latest outcomes."""
+
+    wakes_submitted: int = 0
+    claims_succeeded: int = 0
+    claims_skipped: int = 0
+    claims_failed: int = 0
+    claim_retries: int = 0
+    handler_failures: int = 0
+    leases_lost: int = 0
+    releases: int = 0
+    released_on_stop: int = 0
+    handlers_active: int = 0
+    #: Wakes read but not claimed yet: queued behind a busy subscription, or waiting for a
+    #: concurrency slot, a backoff or the claim's answer.
+    wakes_queued: int = 0
+    last_claim_at: str | None = None
+    last_claim_result: str | None = None
+    last_dispatch_at: str | None = None
+
+
+Handler = Callable[["Claim"], Awaitable[None]]
+
+
+# -- the claim handed to handlers -----------------------------------------------------------
+
+
+class Claim:
+    """A claimed subscription, as the handler sees it.
+
+    ``streams`` is the snapshot the claim took: per stream, the acked offset and the tail to
+    read up to. :meth:`batches` and :meth:`messages` read the claimed messages (from the acked
+    offset to the snapshot's tail); a failed read raises in the handler, never ends the
+    iteration early. :meth:`ack` commits progress and extends the lease. When the handler
+    returns, the runner acks ``done`` at the tail of every stream (or past it, when a read
+    returned messages appended after the snapshot); when it raises, the claim is released.
+    """
+
+    def __init__(self, grant: ClaimGrant, wake: Wake | None, client: Client) -> None:
+        self._grant = grant
+        self.wake = wake
+        self._client = client
+        # Invariant: per stream, the offset the server has acked for this claim so far.
+        self._acked: dict[str, str] = {s.path: s.acked_offset for s in grant.streams}
+        # Invariant: per stream, the end offset of the last batch handed to the handler.
+        self._delivered: dict[str, str] = {}
+        # Invariant: set (with the reason) once the lease is known to be lost.
+        self.lost: LeaseLost | None = None
+        self._on_lost: Callable[[LeaseLost], None] | None = None
+
+    @property
+    def subscription_id(self) -> str:
+        return self._grant.subscription_id
+
+    @property
+    def wake_id(self) -> str:
+        return self._grant.wake_id
+
+    @property
+    def generation(self) -> int:
+        return self._grant.generation
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return self._grant.lease_ttl_ms
+
+    @property
+    def streams(self) -> tuple[StreamState, ...]:
+        """The snapshot of every linked stream (acked and tail offsets as claimed)."""
+        return self._grant.streams
+
+    @property
+    def pending_streams(self) -> tuple[StreamState, ...]:
+        """The streams of the snapshot that had messages past their acked offset."""
+        return tuple(s for s in self._grant.streams if s.has_pending)
+
+    def stream(self, path: str) -> StreamState:
+        """Return the snapshot of one stream; ``KeyError`` if the claim does not cover it."""
+        for state in self._grant.streams:
+            if state.path == path:
+                return state
+        raise KeyError(f"claim {self.wake_id} of {self.subscription_id!r} has no stream {path!r}")
+
+    def acked(self, path: str) -> str:
+        """Return the offset acked so far on ``path`` in this claim."""
+        self.stream(path)
+        return self._acked[path]
+
+    async def batches(self, path: str) -> AsyncIterator[Batch]:
+        """Yield the claimed messages of ``path`` batch by batch, from the acked offset.
+
+        Raises :class:`~pullwake.runtime.errors.RequestFailed` when a read fails: the handler
+        never sees fewer messages than it claimed without knowing it.
+        """
+        tail = self.stream(path).tail_offset
+        offset = self._acked[path]
+        while offset_after(tail, offset):
+            chunk = await self._client.read(path, offset)
+            if not offset_after(chunk.next_offset, offset):
+                raise ProtocolViolation(
+                    f"reading {path!r} after {offset} returned no progress although the claim's "
+                    f"snapshot ends at {tail}",
+                    method="GET",
+                    url=path,
+                )
+            offset = chunk.next_offset
+            previous = self._delivered.get(path)
+            if previous is None or offset_after(offset, previous):
+                self._delivered[path] = offset
+            yield Batch(path, chunk.messages, offset)
+
+    async def messages(self, path: str) -> AsyncIterator[Any]:
+        """Yield the claimed messages of ``path`` one by one (see :meth:`batches`)."""
+        async for batch in self.batches(path):
+            for message in batch.messages:
+                yield message
+
+    async def ack(self, path: str, offset: str) -> None:
+        """Commit progress on ``path`` up to ``offset`` (inclusive); extends the lease too.
+
+        Raises :class:`LeaseLost` (and the handler is cancelled) when the lease is gone.
+        """
+        self.stream(path)
+        await self._ack([(path, offset)], done=False)
+        if offset_after(offset, self._acked[path]):
+            self._acked[path] = offset
+
+    # -- used by the pipeline ------------------------------------------------------------
+
+    def final_acks(self) -> list[tuple[str, str]]:
+        """Return the acks that complete the claim: each stream up to its tail or past it."""
+        acks = []
+        for state in self._grant.streams:
+            target = state.tail_offset
+            delivered = self._delivered.get(state.path)
+            if delivered is not None and offset_after(delivered, target):
+                target = delivered
+            if offset_after(target, self._acked[state.path]):
+                acks.append((state.path, target))
+        return acks
+
+    async def _ack(
+        self, acks: list[tuple[str, str]], *, done: bool, timeout: float | None = None
+    ) -> bool:
+        if self.lost is not None:
+            raise self.lost
+        try:
+            return await self._client.ack(self._grant, acks, done=done, timeout=timeout)
+        except (Fenced, Rejected) as exc:
+            self._mark_lost(exc)
+            assert self.lost is not None
+            raise self.lost from exc
+
+    def _mark_lost(self, cause: RequestFailed) -> None:
+        if self.lost is None:
+            self.lost = LeaseLost(
+                f"the lease of claim {self.wake_id} (generation {self.generation}) on "
+                f"subscription {self.subscription_id!r} was lost ({cause.code or cause.status}); "
+                "the handler was cancelled and the server will wake the subscription again. "
+                "Keep handlers from blocking the event loop longer than the lease "
+                f"({self.lease_ttl_ms} ms)"
+            )
+            if self._on_lost is not None:
+                self._on_lost(self.lost)
+
+    @property
+    def grant(self) -> ClaimGrant:
+        return self._grant
+
+    def describe(self) -> str:
+        """Return a short name for logs and errors: subscription, wake id and generation."""
+        return (
+            f"handler for subscription {self.subscription_id!r} "
+            f"(wake {self.wake_id}, generation {self.generation})"
+        )
+
+    def __repr__(self) -> str:
+        return f"<Claim {self.subscription_id!r} wake={self.wake_id} gen={self.generation}>"
+
+
+# -- the pipeline ---------------------------------------------------------------------------
+
+Phase = Literal["waiting", "claiming", "handling", "finishing"]
+
+
+class _Lane:
+    """One subscription's FIFO of wakes and its (at most one) worker."""
+
+    def __init__(self, sub_id: str) -> None:
+        self.sub_id = sub_id
+        # Invariant: wakes not yet attempted, in arrival order; never deduplicated.
+        self.queue: deque[tuple[Wake, Ticket]] = deque()
+        # Invariant: True exactly while a worker task runs for this lane.
+        self.active = False
+        # What the worker is doing now (drives how close() treats it).
+        self.phase: Phase = "waiting"
+        # Cancels the worker's waits and claim requests (never a running handler).
+        self.wait_scope: anyio.CancelScope | None = None
+        # Cancels the running handler (lease lost, or the stop grace expired).
+        self.handler_scope: anyio.CancelScope | None = None
+        # Invariant: the claim whose handler runs or is being finished, else None.
+        self.claim: Claim | None = None
+        # Consecutive handler failures; the lane pauses failure_backoff(failures - 1).
+        self.failures = 0
+        # Clock time before which the lane claims nothing (after a handler failure).
+        self.not_before = 0.0
+
+
+class ClaimPipeline:
+    """Claim and handle wakes, one lane per subscription; see the module docstring.
+
+    Run it with ``await task_group.start(pipeline.run)``; feed it with :meth:`submit`; end it
+    with :meth:`close`, which returns the names of handlers that ignored cancellation.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        handler: Handler,
+        *,
+        worker: str,
+        settings: ClaimSettings | None = None,
+        clock: Clock | None = None,
+        statistics: ClaimStatistics | None = None,
+        on_rejected: Callable[[Rejected], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._handler = handler
+        self._worker = worker
+        self.settings = settings or ClaimSettings()
+        self._clock = clock or SystemClock()
+        self.stats = statistics if statistics is not None else ClaimStatistics()
+        self._on_rejected = on_rejected
+        self._rng = rng or random.Random()
+        self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        # Invariant: a lane exists for every subscription that got a wake in this pipeline.
+        self._lanes: dict[str, _Lane] = {}
+        self._tg: TaskGroup | None = None
+        # Invariant: False once close() began; submit() then refuses, workers stop after the
+        # claim they hold.
+        self._accepting = True
+        # Invariant: the number of lanes whose worker runs; ``_idle`` is set when it is 0.
+        self._workers = 0
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._closed = anyio.Event()
+        # Invariant: True once close()'s grace expired: every wait and request is cut.
+        self._hard_stop = False
+        # Real seconds one release may take (close() lowers it to its stop bound).
+        self._release_bound = self.settings.request_timeout
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Host the workers until :meth:`close` has finished with them."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            await self._closed.wait()
+        self._tg = None
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting and self._tg is not None
+
+    def submit(self, wake: Wake, ticket: Ticket | None = None) -> bool:
+        """Queue ``wake`` on its subscription's lane; return False if the pipeline is closing."""
+        if not self.accepting:
+            return False
+        assert self._tg is not None
+        ticket = ticket if ticket is not None else Ticket()
+        lane = self._lanes.get(wake.subscription_id)
+        if lane is None:
+            lane = self._lanes[wake.subscription_id] = _Lane(wake.subscription_id)
+        lane.queue.append((wake, ticket))
+        self.stats.wakes_submitted += 1
+        self.stats.wakes_queued += 1
+        if not lane.active:
+            lane.active = True
+            self._workers += 1
+            if self._idle.is_set():
+                self._idle = anyio.Event()
+            self._tg.start_soon(self._drain_lane, lane, name=f"pullwake-lane:{lane.sub_id}")
+        return True
+
+    def active_claims(self) -> tuple[Claim, ...]:
+        """Return the claims whose handlers run (or are being finished) now."""
+        return tuple(lane.claim for lane in self._lanes.values() if lane.claim is not None)
+
+    async def wait_idle(self) -> None:
+        """Wait until no lane has work queued or running."""
+        await self._idle.wait()
+
+    async def close(self, *, grace: float, bound: float) -> tuple[str, ...]:
+        """Stop taking wakes, let handlers finish for ``grace`` seconds, then cancel them.
+
+        Workers that wait (for a concurrency slot, a backoff, their turn) are cancelled at once:
+        their wakes stay unaccepted, so a restart replays them. Claims in flight and running
+        handlers get ``grace`` real seconds to finish (a claim granted now is released, not
+        dispatched); then everything is cancelled and gets ``bound`` more seconds to end and
+        release its claim. Return the names of the handlers still running after that; their
+        claims are released here, in parallel, each within ``bound``.
+        """
+        self._accepting = False
+        for lane in self._lanes.values():
+            self.stats.wakes_queued -= len(lane.queue)
+            lane.queue.clear()
+            if lane.phase == "waiting" and lane.wait_scope is not None:
+                lane.wait_scope.cancel(reason="runner stopping")
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        self._hard_stop = True
+        self._release_bound = min(self._release_bound, bound)
+        for lane in self._lanes.values():
+            if lane.wait_scope is not None:
+                lane.wait_scope.cancel(reason="runner stopping: grace expired")
+            if lane.handler_scope is not None:
+                lane.handler_scope.cancel(reason="runner stopping: grace expired")
+        with anyio.move_on_after(bound):
+            await self._idle.wait()
+        stuck = [lane for lane in self._lanes.values() if lane.active]
+        names = []
+        async with anyio.create_task_group() as releases:
+            for lane in stuck:
+                claim = lane.claim
+                names.append(claim.describe() if claim else f"worker of {lane.sub_id!r}")
+                if claim is not None:
+                    lane.claim = None
+                    releases.start_soon(
+                        functools.partial(
+                            self._release, claim, why="its handler ignored cancellation at stop"
+                        )
+                    )
+        if not stuck:
+            self._closed.set()
+        else:
+            logger.error("handlers ignored cancellation at stop: %s", "; ".join(names))
+            # The host task stays until the stuck handlers return (anyio cannot abandon a
+            # task); the claims are released already.
+            self._release_host_when_idle()
+        return tuple(names)
+
+    def _release_host_when_idle(self) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(self._close_when_idle, name="pullwake-lanes-straggler")
+
+    async def _close_when_idle(self) -> None:
+        await self._idle.wait()
+        self._closed.set()
+
+    # -- a lane's worker -----------------------------------------------------------------
+
+    async def _drain_lane(self, lane: _Lane) -> None:
+        try:
+            while lane.queue and self._accepting:
+                wake, ticket = lane.queue.popleft()
+                await self._attempt(lane, wake, ticket)
+        finally:
+            lane.active = False
+            lane.phase = "waiting"
+            self._workers -= 1
+            if self._workers == 0:
+                self._idle.set()
+
+    def _cancellable(self, lane: _Lane, phase: Phase) -> anyio.CancelScope:
+        """Return a scope for one wait or request of ``lane``, which close() may cancel."""
+        lane.phase = phase
+        scope = lane.wait_scope = anyio.CancelScope()
+        if self._hard_stop or (phase == "waiting" and not self._accepting):
+            scope.cancel(reason="runner stopping")
+        return scope
+
+    async def _attempt(self, lane: _Lane, wake: Wake, ticket: Ticket) -> None:
+        """Claim for one wake (retrying transient failures) and run the claim if granted.
+
+        Returning with the ticket open means the pipeline is closing: the wake was not
+        accepted, so the committed offset stays before it and a restart replays it.
+        """
+        try:
+            grant = await self._claim_for(lane, ticket)
+        finally:
+            self.stats.wakes_queued -= 1
+        if grant is None:
+            return
+        try:
+            await self._run_claim(lane, grant, wake)
+        finally:
+            self._limiter.release()
+
+    async def _claim_for(self, lane: _Lane, ticket: Ticket) -> ClaimGrant | None:
+        """Return a grant, with a concurrency slot held for it, or None (skip, refusal, stop)."""
+        retries = 0
+        while True:
+            with self._cancellable(lane, "waiting") as scope:
+                pause = lane.not_before - self._clock.now()
+                if pause > 0:
+                    await self._clock.sleep(pause)
+                await self._limiter.acquire()
+            if scope.cancelled_caught:
+                return None
+            grant: ClaimGrant | None = None
+            try:
+                with self._cancellable(lane, "claiming") as scope:
+                    try:
+                        grant = await self._client.claim(lane.sub_id, self._worker)
+                    except (AlreadyClaimed, NoPendingWork) as exc:
+                        self._count("skipped", exc.code or "skipped")
+                        ticket.settle()
+                        return None
+                    except Rejected as exc:
+                        self._count("failed", "rejected")
+                        ticket.settle()
+                        if self._on_rejected is not None:
+                            self._on_rejected(exc)
+                        return None
+                    except (Refused, ProtocolViolation) as exc:
+                        logger.warning("claim of %r refused: %s", lane.sub_id, exc)
+                        self._count("failed", f"refused: {exc.status or 'protocol'}")
+                        ticket.settle()
+                        return None
+                    except TransientError as exc:
+                        logger.info("claim of %r failed, will retry: %s", lane.sub_id, exc)
+                        self.stats.claim_retries += 1
+                        self.stats.last_claim_result = f"retrying: {exc.status or 'network'}"
+                if grant is not None:
+                    # Accepted: the server holds our lease, so the wake event is no longer
+                    # needed to recover this work (an expired lease is woken again).
+                    ticket.settle()
+                    return grant
+                if scope.cancelled_caught:
+                    return None
+            finally:
+                if grant is None:
+                    self._limiter.release()
+            with self._cancellable(lane, "waiting") as scope:
+                await self._clock.sleep(self.settings.retry.delay(retries, self._rng))
+            if scope.cancelled_caught:
+                return None
+            retries += 1
+
+    async def _run_claim(self, lane: _Lane, grant: ClaimGrant, wake: Wake) -> None:
+        """Run the handler on a granted claim, then ack ``done`` or release; always finish."""
+        claim = Claim(grant, wake, self._client)
+        lane.claim = claim
+        finished = False
+        try:
+            if not self._accepting:
+                await self._release(claim, why="the runner is stopping")
+                self.stats.released_on_stop += 1
+                finished = True
+                return
+            lane.phase = "handling"
+            lane.handler_scope = handler_scope = anyio.CancelScope()
+            claim._on_lost = lambda _lost: handler_scope.cancel(reason="lease lost")
+            self.stats.handlers_active += 1
+            self.stats.last_dispatch_at = wall_time()
+            outcome: Exception | None = None
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._extend_lease, claim, name="pullwake-lease")
+                    with handler_scope:
+                        try:
+                            await self._handler(claim)
+                        except LeaseLost:
+                            pass
+                        except Exception as exc:
+                            outcome = exc
+                    tg.cancel_scope.cancel(reason="handler ended")
+            finally:
+                self.stats.handlers_active -= 1
+                lane.handler_scope = None
+            if claim.lost is not None:
+                self.stats.leases_lost += 1
+                self._count("failed", "lease lost")
+                finished = True
+            elif handler_scope.cancelled_caught:
+                await self._release(claim, why="the stop grace period expired")
+                self.stats.released_on_stop += 1
+                finished = True
+            elif outcome is not None:
+                logger.warning(
+                    "%s failed: %r; releasing the claim",
+                    claim.describe(),
+                    outcome,
+                    exc_info=outcome,
+                )
+                self.stats.handler_failures += 1
+                self._count("failed", f"handler raised {type(outcome).__name__}")
+                lane.failures += 1
+                lane.not_before = self._clock.now() + self.settings.failure_backoff.delay(
+                    lane.failures - 1, self._rng
+                )
+                await self._release(claim, why="its handler raised")
+                finished = True
+            else:
+                with self._cancellable(lane, "finishing"):
+                    finished = await self._complete(claim)
+                if finished:
+                    lane.failures = 0
+                    lane.not_before = 0.0
+        finally:
+            if not finished and lane.claim is claim and claim.lost is None:
+                await self._release(claim, why="it was never finished")
+            if lane.claim is claim:
+                lane.claim = None
+
+    async def _complete(self, claim: Claim) -> bool:
+        """Ack ``done``, retrying transient failures within the lease; True when finished.
+
+        False means the claim still needs a release (the ack was refused for another reason).
+        """
+        deadline = self._clock.now() + claim.lease_ttl_ms / 1000
+        attempt = 0
+        while True:
+            try:
+                await claim._ack(
+                    claim.final_acks(), done=True, timeout=self.settings.request_timeout
+                )
+            except LeaseLost:
+                self.stats.leases_lost += 1
+                self._count("failed", "lease lost at done")
+                return True
+            except TransientError as exc:
+                delay = self.settings.retry.delay(attempt, self._rng)
+                if self._clock.now() + delay >= deadline or not self._accepting:
+                    logger.warning(
+                        "%s: done ack failed (%s); releasing the claim",
+                        claim.describe(),
+                        exc,
+                    )
+                    self._count("failed", "done ack failed")
+                    return False
+                attempt += 1
+                await self._clock.sleep(delay)
+                continue
+            except RequestFailed as exc:
+                logger.warning("%s: done ack refused: %s", claim.describe(), exc)
+                self._count("failed", f"done ack refused: {exc.status}")
+                return False
+            self._count("succeeded", "done")
+            return True
+
+    async def _extend_lease(self, claim: Claim) -> None:
+        """Ack without ``done`` every ``extend_fraction`` of the lease while the handler runs."""
+        interval = claim.lease_ttl_ms / 1000 * self.settings.extend_fraction
+        while True:
+            await self._clock.sleep(interval)
+            try:
+                await claim._ack([], done=False, timeout=self.settings.request_timeout)
+            except LeaseLost:
+                return
+            except RequestFailed as exc:
+                # Transient or odd: try again at the next tick; a lost lease shows as FENCED.
+                logger.info("%s: lease extension failed: %s", claim.describe(), exc)
+
+    async def _release(self, claim: Claim, *, why: str) -> None:
+        """Release ``claim``; failures are logged, never raised.
+
+        Each attempt is shielded and bounded. A transient failure (the server is restarting)
+        is retried with backoff while the lease would still hold, so the work goes back as
+        soon as the server can take it rather than when the lease expires; not while the
+        pipeline closes, where the stop bound wins (the lease then expires on its own).
+        """
+        deadline = self._clock.now() + claim.lease_ttl_ms / 1000
+        attempt = 0
+        while True:
+            bound = self._release_bound
+            failure: RequestFailed | None = None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(bound):
+                try:
+                    await self._client.release(claim.grant, timeout=bound)
+                except TransientError as exc:
+                    failure = exc
+                except RequestFailed as exc:
+                    logger.warning("could not release %s (%s): %s", claim.describe(), why, exc)
+                    return
+                else:
+                    self.stats.releases += 1
+                    logger.info("released %s: %s", claim.describe(), why)
+                    return
+            delay = self.settings.retry.delay(attempt, self._rng)
+            if not self._accepting or self._clock.now() + delay >= deadline:
+                logger.warning(
+                    "could not release %s (%s): %s; its lease will expire and the server will "
+                    "wake the subscription again",
+                    claim.describe(),
+                    why,
+                    failure or "no answer in time",
+                )
+                return
+            attempt += 1
+            await self._clock.sleep(delay)
+
+    def _count(self, result: Literal["succeeded", "skipped", "failed"], detail: str) -> None:
+        if result == "succeeded":
+            self.stats.claims_succeeded += 1
+        elif result == "skipped":
+            self.stats.claims_skipped += 1
+        else:
+            self.stats.claims_failed += 1
+        self.stats.last_claim_at = wall_time()
+        self.stats.last_claim_result = f"{result}: {detail}"
+
+    def lanes(self) -> Mapping[str, int]:
+        """Return, per subscription, how many wakes wait in its lane (for diagnostics)."""
+        return {sub: len(lane.queue) for sub, lane in self._lanes.items() if lane.queue}

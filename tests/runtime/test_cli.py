@@ -1,0 +1,207 @@
+"""``pullwake run`` and ``pullwake health`` as processes, against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.servers import ServerFactory, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+JSON = {"Content-Type": "application/json"}
+WAIT = 15.0
+
+
+def poll(predicate: Callable[[], bool], what: str) -> None:
+    """Poll ``predicate`` (bounded in time and count) until it holds."""
+    deadline = time.monotonic() + WAIT
+    for _ in range(int(WAIT / 0.05)):
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> ServerProcess:
+    return server_factory(args=["--keepalive", "0.3"])
+
+
+@pytest.fixture
+def http(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        client.put("/v1/stream/wake/r1", headers=JSON).raise_for_status()
+        client.put("/v1/stream/jobs/a", headers=JSON).raise_for_status()
+        client.put(
+            "/v1/stream/__ds/subscriptions/s",
+            json={"type": "pull-wake", "wake_stream": "wake/r1", "streams": ["jobs/a"]},
+        ).raise_for_status()
+        yield client
+
+
+def pullwake(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pullwake", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        **kwargs,
+    )
+
+
+def run_args(server: ServerProcess, handler: str, *extra: str) -> list[str]:
+    return [
+        "run",
+        f"tests.runtime.cli_handlers:{handler}",
+        "--url",
+        server.url,
+        "--runner-id",
+        "r1",
+        "--wake-stream",
+        "wake/r1",
+        "--heartbeat-interval",
+        "0.3",
+        *extra,
+    ]
+
+
+def streaming(http: httpx.Client) -> bool:
+    response = http.get("/v1/runners/r1/health")
+    return response.status_code == 200 and bool(
+        response.json()["diagnostics"].get("stream_connected")
+    )
+
+
+def finish(proc: subprocess.Popen[str], sig: int | None = None) -> tuple[int, str]:
+    if sig is not None:
+        proc.send_signal(sig)
+    try:
+        _, stderr = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize(("sig", "backend"), [(signal.SIGTERM, "asyncio"), (signal.SIGINT, "trio")])
+def test_run_handles_wakes_and_stops_cleanly_on_a_signal(
+    server: ServerProcess, http: httpx.Client, tmp_path: Path, sig: int, backend: str
+) -> None:
+    out = tmp_path / "handled.jsonl"
+    env = {**os.environ, "PULLWAKE_TEST_OUT": str(out)}
+    proc = pullwake(*run_args(server, "record", "--backend", backend), env=env)
+    try:
+        poll(lambda: streaming(http), "the runner to stream")
+        http.post("/v1/stream/jobs/a", json=[{"n": 1}, {"n": 2}]).raise_for_status()
+        poll(lambda: out.exists() and len(out.read_text().splitlines()) == 2, "two messages")
+    finally:
+        status, stderr = finish(proc, sig)
+    assert status == 0, stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [{"n": 1}, {"n": 2}]
+    # Transitions are logged, and the stop was a clean one.
+    assert "--connected--> running/streaming" in stderr
+    assert "--stop--> stopping" in stderr
+    assert http.get("/v1/runners/r1/health").json()["status"] == "offline"
+
+
+def test_run_exits_3_without_waiting_for_a_handler_that_ignores_cancellation(
+    server: ServerProcess, http: httpx.Client
+) -> None:
+    proc = pullwake(*run_args(server, "stubborn", "--grace", "0.2"))
+    try:
+        poll(lambda: streaming(http), "the runner to stream")
+        http.post("/v1/stream/jobs/a", json=[1]).raise_for_status()
+        poll(
+            lambda: http.get("/v1/stream/__ds/subscriptions/s").json()["holder"] == "r1",
+            "the claim",
+        )
+    finally:
+        status, stderr = finish(proc, signal.SIGTERM)
+    assert status == 3, stderr
+    assert "handler for subscription 's'" in stderr
+    # Its claim was released before the process left.
+    assert http.get("/v1/stream/__ds/subscriptions/s").json()["holder"] is None
+
+
+def test_run_with_a_wrong_token_exits_1_with_a_clear_message(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory(args=["--admin-token", "adm", "--runner-token", "r1=right"])
+    status, stderr = finish(pullwake(*run_args(server, "record", "--token", "wrong")))
+    assert status == 1
+    assert "refused this runner's credentials" in stderr
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        ("no_colon", "not MODULE:HANDLER"),
+        ("tests.runtime.no_such_module:record", "cannot import module"),
+        ("tests.runtime.cli_handlers:missing", "has no attribute"),
+        ("tests.runtime.cli_handlers:not_callable", "not callable"),
+    ],
+)
+def test_run_refuses_a_handler_it_cannot_import(handler: str, message: str) -> None:
+    args = ["run", handler, "--url", "http://127.0.0.1:1", "--runner-id", "r1"]
+    status, stderr = finish(pullwake(*args))
+    assert status == 2
+    assert message in stderr
+
+
+def test_health_prints_the_servers_verdict(
+    server: ServerProcess, http: httpx.Client, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PULLWAKE_TEST_OUT": str(tmp_path / "out.jsonl")}
+    proc = pullwake(*run_args(server, "record"), env=env)
+    try:
+        poll(lambda: streaming(http), "the runner to stream")
+        healthy = subprocess.run(
+            [sys.executable, "-m", "pullwake", "health", server.url, "r1"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        as_json = subprocess.run(
+            [sys.executable, "-m", "pullwake", "health", server.url, "r1", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+    finally:
+        finish(proc, signal.SIGTERM)
+    stopped = subprocess.run(
+        [sys.executable, "-m", "pullwake", "health", server.url, "r1"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    unknown = subprocess.run(
+        [sys.executable, "-m", "pullwake", "health", server.url, "nobody"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "runner r1: HEALTHY" in healthy.stdout
+    assert json.loads(as_json.stdout)["verdict"] == "healthy"
+    assert stopped.returncode == 2
+    assert "UNHEALTHY" in stopped.stdout
+    assert "stopped cleanly" in stopped.stdout
+    assert unknown.returncode == 3
+    assert "404" in unknown.stderr

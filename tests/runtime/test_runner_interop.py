@@ -1,0 +1,74 @@
+"""The runner is a pull-wake worker for the Durable Streams reference server (npm).
+
+The reference server has pull-wake subscriptions but no runner registry, so the runner probes
+liveness with ``HEAD`` on its wake stream and keeps its offset in a local file. The server is
+shared by the session, so every name here is unique to the test run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pullwake.runtime.offsets import FileOffsetStore
+from pullwake.runtime.runner import Runner, SubscriptionSpec
+from tests.fixtures.servers import ReferenceServer
+
+from .realserver import Collector, Producer, Transitions, fast_settings, wait_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.interop]
+
+
+async def test_wakes_from_the_reference_server_are_handled_end_to_end(
+    reference_server: ReferenceServer, anyio_backend: str, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    wake_stream = f"wake-{tag}/r1"
+    streams = [f"jobs-{tag}/a", f"jobs-{tag}/b"]
+    store = FileOffsetStore(tmp_path / "r1.offset")
+    handler = Collector()
+    transitions = Transitions()
+    async with Producer(reference_server.url) as producer:
+        await producer.stream(wake_stream)
+        for path in streams:
+            await producer.stream(path)
+
+        def make_runner(handler: Collector) -> Runner:
+            return Runner(
+                reference_server.url,
+                runner_id=f"r1-{tag}",
+                handler=handler,
+                wake_stream=wake_stream,
+                subscriptions=[SubscriptionSpec(f"sub-{tag}", pattern=f"jobs-{tag}/*")],
+                offset_store=store,
+                settings=fast_settings(),
+                inspect=transitions.append,
+            )
+
+        async with make_runner(handler) as runner:
+            await runner.wait_state("streaming")
+            for i in range(3):
+                for path in streams:
+                    await producer.append(path, {"path": path, "i": i})
+            await handler.wait_for(6)
+            await wait_until(lambda: runner.health()["claims_succeeded"] >= 1)
+            await wait_until(lambda: runner.health()["handlers_active"] == 0)
+            health = runner.health()
+        saved = await store.load()
+        # A second process resumes from the local file and handles only new work.
+        second = Collector()
+        async with make_runner(second) as runner:
+            await runner.wait_state("streaming")
+            await producer.append(streams[0], {"path": streams[0], "i": "new"})
+            await second.wait_for(1)
+            await wait_until(lambda: runner.health()["claims_succeeded"] >= 1)
+            skipped = runner.health()["claims_skipped"]
+    handled = sorted((m["path"], m["i"]) for m in handler.messages())
+    assert handled == sorted((path, i) for path in streams for i in range(3))
+    assert health["registry"] is False
+    assert health["claims_failed"] == 0
+    assert saved is not None
+    assert second.messages() == [{"path": streams[0], "i": "new"}]
+    assert skipped == 0
