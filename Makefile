@@ -48,8 +48,10 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# Regenerate the generated diagrams and tables in the docs from the chart (tests fail on drift).
 diagram: $(STAMP)
-	$(VENV)/bin/pullwake diagram --format mermaid
+	$(VENV)/bin/pullwake diagram --write-docs docs/lifecycle.md
+	$(VENV)/bin/pullwake diagram --write-docs README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,104 +1,190 @@
-"""Show the lifecycle actor riding out a dead server, with simulated activities.
+"""Show the whole loop: a server on SQLite, a runner, a producer, and a server crash.
 
-``make demo`` runs this. The "server" here is a flag, not a process: it goes silent (so the
-connect hangs), the heartbeat notices two failures in a row and sends ``stream_reset``, which
-cancels the hung connect; when the server answers again a heartbeat sends
-``server_reachable``, the rest of the backoff is skipped, and the stream reconnects. Then the
-demo stops the actor and exits 0. Every transition is printed with the scopes it started and
-cancelled.
+``make demo`` runs this. It starts ``pullwake server`` as a child process on a throwaway SQLite
+database, embeds a :class:`~pullwake.runtime.Runner` with a handler that prints what it handles,
+and appends orders to three streams. Half-way it SIGKILLs the server: the runner notices at
+once, backs off, and reconnects when the server is back on the same port; the producer goes on,
+and nothing is lost or handled twice. It prints the runner's health as the server sees it, the
+lifecycle diagram with the active state, then stops the runner (its final heartbeat makes the
+server show it ``offline``) and the server, and exits 0. Everything stays on 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.to_thread
+import httpx
 
-from pullwake.machines import LIFECYCLE
-from pullwake.runtime.actor import ActivityContext, Actor, TransitionRecord, describe
+from pullwake.machines.diagram import mermaid
+from pullwake.machines.lifecycle import LIFECYCLE
+from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
+from pullwake.runtime.actor import TransitionRecord, describe
+
+STREAMS = ("orders/berlin", "orders/lisbon", "orders/oslo")
+PER_ROUND = 4
+WAKE_STREAM = "wake/demo"
+RUNNER_ID = "demo-worker"
 
 
-class SimulatedServer:
-    """A server that is up, or silent (accepts connections and never answers)."""
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
-    def __init__(self) -> None:
-        self.up = True
+
+class ServerProcess:
+    """A ``pullwake server`` child process on a fixed port and database."""
+
+    def __init__(self, port: int, database: Path) -> None:
+        self.port = port
+        self.database = database
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "pullwake",
+            "server",
+            "--port",
+            str(self.port),
+            "--database",
+            f"sqlite:///{self.database}",
+            "--keepalive",
+            "1",
+        ]
+        self.proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "pullwake server listening on http://..."
+        if "listening on" not in line:
+            raise RuntimeError(f"the server did not start: {line!r}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
 
 
 async def main() -> int:
-    server = SimulatedServer()
-    started = anyio.current_time()
-    handled: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="pullwake-demo-") as tmp:
+        server = ServerProcess(free_port(), Path(tmp) / "demo.db")
+        await anyio.to_thread.run_sync(server.start)
+        print(f"server  listening on {server.url} (SQLite in a temporary directory)")
+        try:
+            return await run_demo(server)
+        finally:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
+
+
+async def run_demo(server: ServerProcess) -> int:
+    handled: list[tuple[str, Any]] = []
+    per_round = PER_ROUND * len(STREAMS)
+    expected = 2 * per_round
+    # One event per round, set once the handler has seen that many orders.
+    rounds = {per_round: anyio.Event(), expected: anyio.Event()}
+
+    async def handle(claim: Claim) -> None:
+        for stream in claim.pending_streams:
+            async for order in claim.messages(stream.path):
+                handled.append((stream.path, order))
+                print(f"handler {stream.path:<14} {json.dumps(order)}")
+        for count, reached in rounds.items():
+            if len(handled) >= count:
+                reached.set()
 
     def show(record: TransitionRecord) -> None:
-        if record.kind in ("transition", "dropped", "failed"):
-            print(f"[{anyio.current_time() - started:5.2f}s] {describe(record)}", flush=True)
+        if record.kind == "transition":
+            print(f"runner  {describe(record)}")
 
-    async def heartbeat(ctx: ActivityContext) -> str | None:
-        failures = 0
-        while True:
-            await anyio.sleep(0.1)
-            if server.up:
-                failures = 0
-                if actor.state == "reconnecting":
-                    ctx.send("server_reachable")
-            else:
-                failures += 1
-                if failures >= 2 and actor.state != "reconnecting":
-                    print(f"           heartbeat failed {failures} times: stream_reset", flush=True)
-                    ctx.send("stream_reset")
+    async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as http:
+        for path in (*STREAMS, WAKE_STREAM):
+            response = await http.put(
+                f"/v1/stream/{path}", headers={"Content-Type": "application/json"}
+            )
+            response.raise_for_status()
 
-    async def connect(ctx: ActivityContext) -> str | None:
-        if not server.up:
-            print("           connect hangs (server silent)", flush=True)
-            await anyio.sleep_forever()
-        await anyio.sleep(0.02)
-        return None
+        runner = Runner(
+            server.url,
+            runner_id=RUNNER_ID,
+            handler=handle,
+            wake_stream=WAKE_STREAM,
+            subscriptions=[SubscriptionSpec("orders", pattern="orders/*")],
+            settings=RunnerSettings(heartbeat_interval=0.5),
+            inspect=show,
+        )
+        async with runner:
+            await runner.wait_state("streaming")
+            await produce(http, round_no=1)
+            with anyio.fail_after(30):
+                await rounds[per_round].wait()
 
-    async def read_stream(ctx: ActivityContext) -> str | None:
-        while server.up:
-            await anyio.sleep(0.1)
-            handled.append(len(handled) + 1)
-        return None  # the stream ended: "stream_ended"
+            print("demo    -- SIGKILL the server --")
+            await anyio.to_thread.run_sync(server.kill)
+            await runner.wait_state("reconnecting")
+            await anyio.sleep(1.0)
+            print("demo    -- start the server again (same port, same database) --")
+            await anyio.to_thread.run_sync(server.start)
+            await produce(http, round_no=2)
+            with anyio.fail_after(60):
+                await rounds[expected].wait()
+            await runner.wait_state("streaming")
 
-    async def backoff(ctx: ActivityContext) -> str | None:
-        await ctx.clock.sleep(1.0)  # long on purpose: server_reachable cuts it short
-        return None
+            health = (await http.get(f"/v1/runners/{RUNNER_ID}/health")).json()
+            print(f"health  as the server sees it: {summarize(health)}")
+            print(f"diagram the lifecycle now (active: {runner.state}):")
+            print(mermaid(LIFECYCLE, active=runner.state))
+        after_stop = (await http.get(f"/v1/runners/{RUNNER_ID}/health")).json()
+        print(f"health  after stop: {summarize(after_stop)}")
 
-    async def drain(ctx: ActivityContext) -> str | None:
-        await anyio.sleep(0.05)
-        return None
-
-    activities = {
-        "heartbeat": heartbeat,
-        "connect": connect,
-        "read_stream": read_stream,
-        "backoff": backoff,
-        "drain": drain,
-    }
-    async with Actor(LIFECYCLE, activities, inspect=show) as actor:
-        actor.send_nowait("start")
-        await actor.wait_state("streaming")
-        await anyio.sleep(0.3)
-        print("           -- the server goes silent --", flush=True)
-        server.up = False
-        await actor.wait_state("reconnecting")
-        await actor.wait_state("connecting")  # the backoff elapsed; this connect will hang
-        await actor.wait_state("reconnecting")  # the hung connect was reset by heartbeats
-        print("           -- the server answers again --", flush=True)
-        server.up = True
-        await actor.wait_state("streaming")
-        await anyio.sleep(0.2)
-        actor.send_nowait("stop")
-        await actor.wait_state("stopped")
-        stats = actor.statistics()
+    orders = [order for _, order in handled]
+    unique = {json.dumps(o, sort_keys=True) for o in orders}
+    lost = expected - len(unique)
+    duplicated = len(orders) - len(unique)
+    code = await anyio.to_thread.run_sync(server.terminate)
     print(
-        f"done: {stats.transitions} transitions, {stats.activities_started} activities started, "
-        f"{stats.activities_cancelled} cancelled, {stats.leaked} leaked, "
-        f"{len(handled)} simulated reads"
+        f"done    {len(unique)}/{expected} orders handled, {lost} lost, {duplicated} handled "
+        f"twice; runner reconnected {runner.statistics().reconnects} time(s); server exit {code}"
     )
-    return 0 if stats.leaked == 0 else 1
+    return 0 if lost == 0 and duplicated == 0 and code == 0 else 1
+
+
+async def produce(http: httpx.AsyncClient, round_no: int) -> None:
+    for i in range(PER_ROUND):
+        for path in STREAMS:
+            order = {"city": path.split("/")[1], "round": round_no, "n": i}
+            response = await http.post(
+                f"/v1/stream/{path}", json=order, headers={"Content-Type": "application/json"}
+            )
+            response.raise_for_status()
+    print(f"produce appended {PER_ROUND * len(STREAMS)} orders (round {round_no})")
+
+
+def summarize(health: dict[str, Any]) -> str:
+    keys = ("liveness", "status", "verdict", "reasons")
+    picked = {k: health[k] for k in keys if k in health}
+    return json.dumps(picked or health)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(anyio.run(main))

@@ -89,6 +89,30 @@ class Heartbeat:
         self.failures_before_reset = failures_before_reset
         # Invariant: failures since the last successful beat.
         self.consecutive_failures = 0
+        # Invariant: set by nudge() to end the current pause early; replaced after each pause.
+        self._nudged: anyio.Event | None = None
+
+    def nudge(self) -> None:
+        """Beat now instead of at the end of the interval (the wake stream just connected).
+
+        The server's view of the runner (its verdict, ``stream_connected``) then follows a
+        reconnect at once rather than up to one interval later.
+        """
+        if self._nudged is not None:
+            self._nudged.set()
+
+    async def _pause(self) -> None:
+        """Wait ``interval`` on the clock, or less if nudged."""
+        self._nudged = nudged = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def end_on_nudge() -> None:
+                await nudged.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(end_on_nudge)
+            await self._clock.sleep(self.interval)
+            tg.cancel_scope.cancel()
 
     async def beat(self, *, status: str | None = None) -> None:
         """Send one heartbeat (or probe); raise the mapped error when it fails.
@@ -150,7 +174,7 @@ class Heartbeat:
                     ctx.send("server_reachable")
             if self.consecutive_failures >= self.failures_before_reset:
                 ctx.send("stream_reset")
-            await self._clock.sleep(self.interval)
+            await self._pause()
 
     def _failed(self, exc: BaseException) -> None:
         self.consecutive_failures += 1

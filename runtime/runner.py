@@ -697,6 +697,8 @@ class Runner:
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
+            if record.target[-1] == "streaming" and self._session is not None:
+                self._session.heartbeat.nudge()
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:

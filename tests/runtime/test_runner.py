@@ -350,6 +350,29 @@ async def test_a_clean_eof_reconnects_at_once_from_the_read_offset(anyio_backend
     assert fake.count("claim") == 2
 
 
+async def test_a_reconnect_is_reported_by_a_heartbeat_at_once(anyio_backend: str) -> None:
+    """The server's view follows a reconnect without waiting out the heartbeat interval."""
+    fake = new_fake()
+    clock = ManualClock()
+    async with bounded():
+        runner = make_runner(fake, Recorder(), clock)
+        async with runner:
+            await runner.wait_state("streaming")
+            await wait_for(
+                lambda: any(b["diagnostics"].get("status") == "streaming" for b in fake.heartbeats)
+            )
+            fake.end_sse()
+            await runner.wait_state("reconnecting")
+            beats = len(fake.heartbeats)
+            await clock.wait_sleepers(2)
+            clock.advance((clock.next_deadline() or 0) - clock.now())  # the backoff only
+            await runner.wait_state("streaming")
+            # No heartbeat interval has passed on the clock, yet a beat reported the stream.
+            assert clock.now() < HEARTBEAT
+            await wait_for(lambda: len(fake.heartbeats) > beats)
+            assert fake.heartbeats[-1]["diagnostics"]["status"] == "streaming"
+
+
 async def test_a_restarted_runner_resumes_at_its_saved_offset(anyio_backend: str) -> None:
     fake = new_fake()
     handler = Recorder()
