@@ -37,19 +37,14 @@ from typing import Literal
 
 import attrs
 
-from pullwake.errors import PullwakeError
 from pullwake.server.config import ServerConfig
-from pullwake.server.errors import Forbidden, NotFound, Unauthorized
+from pullwake.server.errors import Forbidden, NotFound, Unauthorized, UnsafeBindError
 from pullwake.server.store.base import Runner, Store, Subscription
 
 #: The header that carries the caller's own token when ``Authorization`` is taken.
 RUNNER_TOKEN_HEADER = "pullwake-authorization"
 #: The namespace a runner token may register its wake stream in, per runner id.
 WAKE_NAMESPACE = "wake"
-
-
-class UnsafeBindError(PullwakeError, ValueError):
-    """The server was asked to listen beyond loopback with authentication off."""
 
 
 @attrs.frozen

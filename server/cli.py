@@ -17,8 +17,9 @@ from pathlib import Path
 import anyio
 
 from pullwake.errors import PullwakeError
-from pullwake.server.auth import UnsafeBindError, parse_runner_token
+from pullwake.server.auth import parse_runner_token
 from pullwake.server.config import DEFAULT_DATABASE_URL, DEFAULT_PORT, ServerConfig
+from pullwake.server.errors import UnsafeBindError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,11 +3,13 @@
 ::
 
     PullwakeError
+    ├── UnsafeBindError             refusing to listen beyond loopback with auth off
     └── ServerError                 (status, code, message) -> JSON error body
         ├── BadRequest          400
         ├── Unauthorized        401  malformed, forged or expired token
         ├── Forbidden           403  a valid token that may not do this
         ├── NotFound            404
+        ├── MethodNotAllowed    405  a known route asked with a method it does not serve
         ├── Conflict            409  with a code: ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
         ├── PayloadTooLarge     413
         ├── UnsupportedMedia    415
@@ -65,6 +67,13 @@ class NotFound(StoreError):
     default_code = "NOT_FOUND"
 
 
+class MethodNotAllowed(ServerError):
+    """A known control route asked with a method it does not serve."""
+
+    status = 405
+    default_code = "METHOD_NOT_ALLOWED"
+
+
 class Conflict(StoreError):
     status = 409
     default_code = "CONFLICT"
@@ -88,3 +97,7 @@ class NotImplementedYet(StoreError):
 class StoreUnavailable(StoreError):
     status = 503
     default_code = "STORE_UNAVAILABLE"
+
+
+class UnsafeBindError(PullwakeError, ValueError):
+    """The server was asked to listen beyond loopback with authentication off."""

@@ -32,20 +32,13 @@ from pullwake.server.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    MethodNotAllowed,
     NotFound,
     NotImplementedYet,
     ServerError,
     Unauthorized,
 )
 from pullwake.server.store.base import AckItem, LinkedStream, Subscription, SubscriptionConfig
-
-
-class MethodNotAllowed(ServerError):
-    """A known control route asked with a method it does not serve."""
-
-    status = 405
-    default_code = "METHOD_NOT_ALLOWED"
-
 
 MIN_LEASE_TTL_MS = 1_000
 MAX_LEASE_TTL_MS = 600_000

@@ -6,12 +6,11 @@ import pytest
 
 from pullwake.server.auth import (
     Authenticator,
-    UnsafeBindError,
     parse_runner_token,
     require_safe_bind,
 )
 from pullwake.server.config import ServerConfig
-from pullwake.server.errors import Unauthorized
+from pullwake.server.errors import Unauthorized, UnsafeBindError
 from pullwake.server.store import Store
 from tests.fixtures.servers import app_client
 from tests.server import expect
