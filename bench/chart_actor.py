@@ -1,24 +1,24 @@
-"""Events per second through the lifecycle chart alone and through the actor.
+"""Measure the cost per event of the lifecycle chart alone and of the actor that runs it.
 
 Run alone: ``.venv/bin/python bench/chart_actor.py``. It cycles the chart through
-start → connected → stream_ended → backoff_elapsed → ... and reports the median of five runs
-with the spread. The actor figure includes the mailbox, the chart step, cancelling and waiting
-for the exited state's activity, and starting the entered state's activity.
+start → connected → stream_ended → backoff_elapsed → ... and reports the time per event (the
+median of five runs with the spread). The actor figure includes the mailbox, the chart step,
+cancelling and waiting for the exited state's activity, and starting the entered state's
+activity.
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 
 import anyio
+from figures import Report, arguments
 
 from pullwake.machines import LIFECYCLE, StepRecorder
 from pullwake.runtime.actor import ActivityContext, Actor
 
 CYCLE = ("connected", "stream_ended", "backoff_elapsed")
-RUNS = 5
 
 
 def chart_events_per_second(n: int) -> float:
@@ -47,21 +47,29 @@ async def actor_events_per_second(n: int) -> float:
     return n / elapsed
 
 
-def summary(label: str, figures: list[float]) -> str:
-    med = statistics.median(figures)
-    return (
-        f"{label:<28} median {med:>9,.0f} events/s  ({1e6 / med:6.1f} µs/event)  "
-        f"spread {min(figures):,.0f}..{max(figures):,.0f}"
-    )
-
-
 def main() -> int:
-    n = 3000
-    print(f"$ .venv/bin/python bench/chart_actor.py   ({RUNS} runs of {n} events each)")
-    print(summary("chart (python-statemachine)", [chart_events_per_second(n) for _ in range(RUNS)]))
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=3000, help="events per run")
+    args = parser.parse_args()
+    report = Report("chart_actor.py", args)
+    n = args.events
+    chart = [chart_events_per_second(n) for _ in range(args.runs)]
+    report.add(
+        "chart.event",
+        "chart (python-statemachine) alone: per event",
+        "µs",
+        [1e6 / r for r in chart],
+    )
     for backend in ("asyncio", "trio"):
-        figures = [anyio.run(actor_events_per_second, n, backend=backend) for _ in range(RUNS)]
-        print(summary(f"actor on {backend}", figures))
+        figures = [anyio.run(actor_events_per_second, n, backend=backend) for _ in range(args.runs)]
+        report.add(
+            f"actor.{backend}.event",
+            f"actor on {backend}: per event",
+            "µs",
+            [1e6 / r for r in figures],
+        )
+    report.note(f"each run: {n} lifecycle events (connected, stream_ended, backoff_elapsed, ...)")
+    report.save()
     return 0
 
 
