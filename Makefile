@@ -45,7 +45,8 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest
 
-bench: $(STAMP)
+# Benchmarks compare against PostgreSQL and the npm reference server (installed on first use).
+bench: $(STAMP) postgres-tools
 	$(PY) bench/run.py
 
 # Regenerate the generated diagrams and tables in the docs from the chart (tests fail on drift).
@@ -55,3 +56,16 @@ diagram: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Reliability (docs/reliability.md): real server and runner processes under faults.
+#   make faults                        the fault matrix at full scale; writes its table to the doc
+#   make soak DURATION=600 SEED=7      the chaos soak on SQLite and PostgreSQL; prints a summary
+DURATION ?= 600
+SEED     ?= 1
+.PHONY: faults soak
+
+faults: $(STAMP) postgres-tools
+	$(PY) -m tests.e2e.reliability faults --rounds 2 --write docs/reliability.md
+
+soak: $(STAMP) postgres-tools
+	$(PY) -m tests.e2e.reliability soak --duration $(DURATION) --seed $(SEED)

@@ -656,10 +656,22 @@ class ClaimPipeline:
             if lane.claim is claim:
                 lane.claim = None
 
-    async def _complete(self, claim: Claim) -> bool:
-        """Ack ``done``, retrying transient failures within the lease; True when finished.
+    def _retry_gap(self, claim: Claim) -> float:
+        """Return the longest wait between two attempts to ack or extend a held claim.
 
-        False means the claim still needs a release (the ack was refused for another reason).
+        A third of the extension interval: after an outage, the next attempt comes soon
+        enough to land well before the lease runs out, however far the backoff has grown.
+        """
+        return claim.lease_ttl_ms / 1000 * self.settings.extend_fraction / 3
+
+    async def _complete(self, claim: Claim) -> bool:
+        """Ack ``done``, retrying transient failures until the lease runs out; True when finished.
+
+        The handler's work is done: giving the claim back now would have it done again. So the
+        ack is retried for as long as the lease may hold, with the claim backoff but at least
+        every :meth:`_retry_gap` (a server back within the lease then takes it), the last
+        wait ending at the lease's end. False means the claim still needs a release (the lease
+        ran out, the runner is stopping, or the ack was refused for another reason).
         """
         deadline = self._clock.now() + claim.lease_ttl_ms / 1000
         attempt = 0
@@ -673,8 +685,8 @@ class ClaimPipeline:
                 self._count("failed", "lease lost at done")
                 return True
             except TransientError as exc:
-                delay = self.settings.retry.delay(attempt, self._rng)
-                if self._clock.now() + delay >= deadline or not self._accepting:
+                remaining = deadline - self._clock.now()
+                if remaining <= 0 or not self._accepting:
                     logger.warning(
                         "%s: done ack failed (%s); releasing the claim",
                         claim.describe(),
@@ -682,8 +694,9 @@ class ClaimPipeline:
                     )
                     self._count("failed", "done ack failed")
                     return False
+                delay = self.settings.retry.delay(attempt, self._rng)
                 attempt += 1
-                await self._clock.sleep(delay)
+                await self._clock.sleep(min(delay, self._retry_gap(claim), remaining))
                 continue
             except RequestFailed as exc:
                 logger.warning("%s: done ack refused: %s", claim.describe(), exc)
@@ -693,17 +706,32 @@ class ClaimPipeline:
             return True
 
     async def _extend_lease(self, claim: Claim) -> None:
-        """Ack without ``done`` every ``extend_fraction`` of the lease while the handler runs."""
+        """Ack without ``done`` every ``extend_fraction`` of the lease while the handler runs.
+
+        A failed extension is retried with the claim backoff, but at least every
+        :meth:`_retry_gap` (three times per interval), rather than at the next tick: waiting a
+        whole interval let an outage of barely a third of the lease (two missed ticks) cost
+        the lease, and the finished work was then done again. So the lease survives an outage
+        of about half its TTL. A lost lease shows as FENCED.
+        """
         interval = claim.lease_ttl_ms / 1000 * self.settings.extend_fraction
+        failures = 0
         while True:
-            await self._clock.sleep(interval)
+            wait = interval
+            if failures:
+                wait = min(
+                    self.settings.retry.delay(failures - 1, self._rng), self._retry_gap(claim)
+                )
+            await self._clock.sleep(wait)
             try:
                 await claim._ack([], done=False, timeout=self.settings.request_timeout)
             except LeaseLost:
                 return
             except RequestFailed as exc:
-                # Transient or odd: try again at the next tick; a lost lease shows as FENCED.
+                failures += 1
                 logger.info("%s: lease extension failed: %s", claim.describe(), exc)
+                continue
+            failures = 0
 
     async def _release(self, claim: Claim, *, why: str) -> None:
         """Release ``claim``; failures are logged, never raised.

@@ -582,3 +582,139 @@ async def test_a_release_that_fails_transiently_is_retried_within_the_lease(
     assert fake.count("release") == 3
     assert pipeline.stats.releases == 1
     assert fake.subscriptions["s"].holder is None
+
+
+async def test_a_done_ack_is_retried_until_the_lease_ends_not_given_back_early(
+    anyio_backend: str,
+) -> None:
+    # Found by the fault matrix (server SIGTERM, 5 s outage, 10 s lease): the done ack gave
+    # up as soon as its next backoff step no longer fitted in the lease, then the release,
+    # retried from a small step, reached the restarted server: finished work given back and
+    # done twice. The ack must keep trying until the lease ends.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=10_000)
+    fake.append("a", 1)
+    fake.fail("ack", *[httpx.ConnectError("restarting")] * 4)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        finished_at = clock.now()
+        handler.gates[0].set()
+        for failures in range(1, 5):
+            await wait_until(lambda n=failures: fake.count("ack") == n)
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            # Never a wait past the lease's end, nor longer than a ninth of the lease, so an
+            # attempt comes soon after the server is back.
+            assert deadline <= finished_at + 10.0
+            assert deadline - clock.now() <= 10.0 / 9 + 1e-9
+            clock.advance(deadline - clock.now())
+        await pipeline.wait_idle()
+    assert fake.count("ack") == 5
+    assert fake.bodies("ack")[-1]["done"] is True
+    assert fake.count("release") == 0
+    assert fake.subscriptions["s"].holder is None
+    assert pipeline.stats.claims_succeeded == 1
+    assert handler.messages == [1]
+
+
+async def test_a_done_ack_that_fails_past_the_lease_gives_the_claim_back(
+    anyio_backend: str,
+) -> None:
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=10_000)
+    fake.append("a", 1)
+    fake.fail("ack", *[503] * 50)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        finished_at = clock.now()
+        handler.gates[0].set()
+        for _ in range(20):
+            await anyio.wait_all_tasks_blocked()
+            if fake.count("release"):
+                break
+            await clock.wait_sleepers(1)
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            assert deadline <= finished_at + 10.0
+            clock.advance(deadline - clock.now())
+        await pipeline.wait_idle()
+    # Bounded: about one attempt per ninth of the lease, the last at its end, then the
+    # release.
+    assert 8 <= fake.count("ack") <= 14
+    assert clock.now() == pytest.approx(finished_at + 10.0)
+    assert fake.count("release") == 1
+    assert pipeline.stats.claims_failed == 1
+
+
+async def test_a_failed_lease_extension_is_retried_soon_not_a_whole_interval_later(
+    anyio_backend: str,
+) -> None:
+    # Found by tests/e2e/test_long_handlers.py: with a retry only at the next tick, an outage
+    # of a little over a third of the lease made two extensions fail in a row, the lease ran
+    # out under a handler that was still working, and its work was done twice.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=30_000)
+    fake.append("a", 1)
+    fake.fail("ack", httpx.ConnectError("down"), httpx.ConnectError("down"))
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        waits = []
+        for attempt in range(1, 5):
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            waits.append(deadline - clock.now())
+            clock.advance(deadline - clock.now())
+            await wait_until(lambda n=attempt: fake.count("ack") == n)
+        handler.gates[0].set()
+        await pipeline.wait_idle()
+    # A third of the lease; after each failure the claim backoff (1 s, then 2 s at most);
+    # after a success, a third of the lease again.
+    assert waits[0] == pytest.approx(10.0)
+    assert 0.5 <= waits[1] <= 1.0
+    assert 1.0 <= waits[2] <= 2.0
+    assert waits[3] == pytest.approx(10.0)
+    assert [b.get("done", False) for b in fake.bodies("ack")] == [False] * 4 + [True]
+    assert pipeline.stats.leases_lost == 0
+    assert pipeline.stats.claims_succeeded == 1
+
+
+async def test_lease_extension_retries_come_at_least_three_times_per_interval(
+    anyio_backend: str,
+) -> None:
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=3000)
+    fake.append("a", 1)
+    fake.fail("ack", *[httpx.ConnectError("down")] * 3)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        ends = []
+        for attempt in range(1, 5):
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            ends.append(deadline)
+            clock.advance(deadline - clock.now())
+            await wait_until(lambda n=attempt: fake.count("ack") == n)
+        handler.gates[0].set()
+        await pipeline.wait_idle()
+    # The tick at 1 s fails; the backoff (1 s, 2 s, ...) is cut to a third of the interval,
+    # so the retries all come well before the lease (3 s) would end.
+    assert ends == pytest.approx([1.0, 1 + 1 / 3, 1 + 2 / 3, 2.0])
+    assert pipeline.stats.leases_lost == 0
