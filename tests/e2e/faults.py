@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 import attrs
@@ -76,7 +75,7 @@ class Case:
     injected_at: float = 0.0
     cleared_at: float = 0.0
     notes: list[str] = attrs.field(factory=list)
-    #: For a runner killed mid-handler: the claim it held (subscription, generation).
+    #: For a runner killed mid-handler: the claim it held (subscription, generation, pid).
     held: tuple[str, int, int] | None = None
     #: Background work of the fault (periodic resets), stopped by clear().
     stop_flapping: anyio.Event | None = None
@@ -478,12 +477,3 @@ def check(result: CaseResult, fault: Fault) -> list[str]:
             f"{result.duplicates} duplicate(s) although no runner was killed mid-handler"
         )
     return problems
-
-
-def summarise(results: Sequence[CaseResult]) -> dict[str, Any]:
-    return {
-        "cases": len(results),
-        "produced": sum(r.produced for r in results),
-        "lost": sum(r.lost for r in results),
-        "duplicates": sum(r.duplicates for r in results),
-    }
