@@ -312,6 +312,7 @@ class PostgresStore(TransactionalStore):
                 except _RETRYABLE:
                     if attempt == MAX_ATTEMPTS:
                         raise
+                    # A worker thread (this runs under anyio.to_thread), not the event loop.
                     time.sleep(random.uniform(0.001, 0.01) * attempt)
             raise AssertionError("unreachable")
 
