@@ -17,9 +17,11 @@ answered 500 ``INTERNAL`` (tests treat that as a bug). Responses to ``HEAD`` nev
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,11 +33,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pullwake.server import runners, streams, subscriptions
 from pullwake.server.auth import Authenticator, Policy
-from pullwake.server.bodies import DrainUnreadBody
+from pullwake.server.bodies import DRAIN_LIMIT
 from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, context_of, wall_clock_ms
 from pullwake.server.errors import ServerError
-from pullwake.server.metrics import Metrics, MetricsMiddleware
+from pullwake.server.metrics import Metrics
 from pullwake.server.shutdown import ShutdownSignal
 from pullwake.server.store.base import Store
 
@@ -77,46 +79,88 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-class ErrorBoundary:
-    """Turn any unexpected exception into a logged JSON 500; strip bodies from HEAD answers."""
+class Envelope:
+    """The one middleware around every request (one layer, since each wrapper of ``send``
+    costs CPU on every message; see docs/performance.md):
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    * **errors**: any unexpected exception becomes a logged JSON 500 (counted in metrics);
+    * **HEAD**: answers carry no body;
+    * **metrics**: every answer is counted by route template (never the raw path: it would
+      explode the labels), and timed unless it is an SSE stream;
+    * **draining**: before an answer's last body message, whatever is left of the request body
+      is read (bounded). Hypercorn keeps a connection alive only when the request was fully
+      received by the time the answer's last byte is sent; otherwise it closes the connection
+      without saying so (no ``Connection: close``), and a client that reuses it sees "server
+      disconnected". Answering before reading the body is common here (401, 404, 405, 413).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, drain_timeout: float = 5.0) -> None:
         self.app = app
         self.metrics = metrics
+        self.drain_timeout = drain_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        began = time.perf_counter()
         is_head = scope["method"] == "HEAD"
+        status = 500
+        streaming = started = received_all = False
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
+        async def tracked_receive() -> Message:
+            nonlocal received_all
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                received_all = True
+            return message
+
+        async def enveloped_send(message: Message) -> None:
+            nonlocal status, streaming, started
+            kind = message["type"]
+            if kind == "http.response.start":
                 started = True
-            elif message["type"] == "http.response.body" and is_head and message.get("body"):
-                message = {**message, "body": b""}
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type":
+                        streaming = value.startswith(b"text/event-stream")
+                        break
+            elif kind == "http.response.body":
+                if is_head and message.get("body"):
+                    message = {**message, "body": b""}
+                if not message.get("more_body", False) and not received_all:
+                    drained = 0
+                    with anyio.move_on_after(self.drain_timeout):
+                        while not received_all and drained <= DRAIN_LIMIT:
+                            drained += len((await tracked_receive()).get("body", b""))
             await send(message)
 
         try:
-            await self.app(scope, receive, guarded_send)
+            await self.app(scope, tracked_receive, enveloped_send)
         except Exception:
             self.metrics.unexpected_errors.inc()
             log.exception("unexpected error answering %s %s", scope["method"], scope["path"])
-            if started:
-                return
-            response = error_response(
-                500,
-                {
-                    "error": {
-                        "code": "INTERNAL",
-                        "message": "The server hit an unexpected error (logged); this is a "
-                        "bug in pullwake, please report it.",
-                    }
-                },
-            )
-            await response(scope, receive, guarded_send)
+            if not started:
+                response = error_response(
+                    500,
+                    {
+                        "error": {
+                            "code": "INTERNAL",
+                            "message": "The server hit an unexpected error (logged); this is a "
+                            "bug in pullwake, please report it.",
+                        }
+                    },
+                )
+                await response(scope, tracked_receive, enveloped_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            if not streaming:
+                self.metrics.request_seconds.labels(template, method).observe(
+                    time.perf_counter() - began
+                )
 
 
 async def healthz(request: Request) -> Response:
@@ -186,11 +230,7 @@ def create_app(
     )
     app = Starlette(
         routes=_routes(),
-        middleware=[
-            Middleware(DrainUnreadBody),
-            Middleware(MetricsMiddleware, metrics=metrics),
-            Middleware(ErrorBoundary, metrics=metrics),
-        ],
+        middleware=[Middleware(Envelope, metrics=metrics)],
         exception_handlers={ServerError: _server_error, HTTPException: _http_error},
     )
     app.router.redirect_slashes = False

@@ -10,9 +10,7 @@ import json
 from contextlib import aclosing
 from typing import Any
 
-import anyio
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pullwake.server.errors import BadRequest, PayloadTooLarge
 
@@ -155,41 +153,3 @@ def object_field(obj: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _bad(name, "a JSON object")
     return value
-
-
-class DrainUnreadBody:
-    """Before an answer completes, read whatever is left of the request body (bounded).
-
-    Hypercorn keeps a connection alive only when the request was fully received by the time
-    the answer's last byte is sent; otherwise it closes the connection without saying so
-    (no ``Connection: close``), and a client that reuses it sees "server disconnected".
-    Answering before reading the body is common here (401, 404, 405, 413), so the last body
-    message of every answer waits until the rest of the request body has been read.
-    """
-
-    def __init__(self, app: ASGIApp, timeout: float = 5.0) -> None:
-        self.app = app
-        self.timeout = timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        done = False
-
-        async def tracked_receive() -> Message:
-            nonlocal done
-            message = await receive()
-            if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                done = True
-            return message
-
-        async def send_after_draining(message: Message) -> None:
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                drained = 0
-                with anyio.move_on_after(self.timeout):
-                    while not done and drained <= DRAIN_LIMIT:
-                        drained += len((await tracked_receive()).get("body", b""))
-            await send(message)
-
-        await self.app(scope, tracked_receive, send_after_draining)

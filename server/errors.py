@@ -101,3 +101,11 @@ class StoreUnavailable(StoreError):
 
 class UnsafeBindError(PullwakeError, ValueError):
     """The server was asked to listen beyond loopback with authentication off."""
+
+
+def content_type_mismatch(path: str, stored: str, sent: str) -> Conflict:
+    """The error for an append whose content type is not the stream's."""
+    return Conflict(
+        f"The stream {path!r} holds {stored}, not {sent[:100]!r}; send Content-Type: {stored}.",
+        code="CONTENT_TYPE_MISMATCH",
+    )

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -67,39 +63,3 @@ class Metrics:
     def exposition(self) -> bytes:
         """Return the text exposition of every metric."""
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Count every answer by route template (never the raw path: it would explode labels)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status: dict[str, Any] = {"code": 500, "streaming": False}
-
-        async def send_and_watch(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-                headers = dict(message.get("headers", []))
-                status["streaming"] = headers.get(b"content-type", b"").startswith(
-                    b"text/event-stream"
-                )
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status["code"])).inc()
-            if not status["streaming"]:
-                self.metrics.request_seconds.labels(template, method).observe(
-                    time.perf_counter() - started
-                )

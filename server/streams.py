@@ -31,7 +31,7 @@ from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet
+from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet, content_type_mismatch
 from pullwake.server.shutdown import Wakeup
 from pullwake.server.sse import EventStream, SSEResponse, encoding_for
 from pullwake.server.store.base import (
@@ -185,15 +185,22 @@ async def append(request: Request) -> Response:
             "An append needs a Content-Type header matching the stream's.",
             code="MISSING_CONTENT_TYPE",
         )
-    meta = await ctx.store.stream(path)
-    if media_type(header) != meta.content_type:
-        raise Conflict(
-            f"The stream {path!r} holds {meta.content_type}, not {header[:100]!r}; send "
-            f"Content-Type: {meta.content_type}.",
-            code="CONTENT_TYPE_MISMATCH",
-        )
-    items = json_messages(body, allow_empty=False) if is_json(meta.content_type) else [body]
-    result = await ctx.store.append(path, items, ctx.clock())
+    sent = media_type(header)
+    if sent is None:
+        # An unusable header matches no stream; a missing stream is still reported first.
+        meta = await ctx.store.stream(path)
+        raise content_type_mismatch(path, meta.content_type, header)
+    try:
+        # Split by the type the client sent: the append below refuses any other than the
+        # stream's, in the same transaction (one store call per append, not two).
+        items = json_messages(body, allow_empty=False) if is_json(sent) else [body]
+    except BadRequest:
+        # A missing stream or another type is the first thing to report, as for a good body.
+        meta = await ctx.store.stream(path)
+        if sent != meta.content_type:
+            raise content_type_mismatch(path, meta.content_type, header) from None
+        raise
+    result = await ctx.store.append(path, items, ctx.clock(), content_type=sent)
     ctx.metrics.messages_appended.inc(len(items))
     ctx.metrics.wakes.inc(len(result.wakes))
     return Response(status_code=204, headers={"stream-next-offset": result.next_offset})

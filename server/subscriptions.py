@@ -90,6 +90,17 @@ async def _visible(ctx: AppContext, principal: Principal, sub_id: str) -> Subscr
     return sub
 
 
+async def _require_visible(ctx: AppContext, principal: Principal, sub_id: str) -> None:
+    """Check a runner's right to a subscription before a claim, ack or release.
+
+    The admin (or anyone, with auth off) may touch every subscription, and the store's own
+    transaction answers 404 for a missing one, so the check, two store calls, runs only for
+    runner tokens: one store call per request on the hot path instead of two or three.
+    """
+    if not principal.unrestricted:
+        await _visible(ctx, principal, sub_id)
+
+
 def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
     """Validate a create body into a normalised configuration (or raise ``BadRequest``)."""
     kind = body.get("type")
@@ -196,7 +207,7 @@ async def claim(request: Request) -> Response:
             f"Runner {principal.runner_id!r} may claim only as itself; send "
             f'{{"worker": "{principal.runner_id}"}}.'
         )
-    await _visible(ctx, principal, sub_id)
+    await _require_visible(ctx, principal, sub_id)
     try:
         won = await ctx.store.claim(sub_id, worker, ctx.clock())
     except ServerError as exc:
@@ -276,7 +287,7 @@ async def ack(request: Request) -> Response:
     sub_id = _sub_id(request)
     token = _claim_token(request)
     body = await read_json_object(request, ctx.config.max_body_bytes)
-    await _visible(ctx, principal, sub_id)
+    await _require_visible(ctx, principal, sub_id)
     wake_id, generation = _fence_fields(body)
     acks = _acks(body)
     done = bool_field(body, "done")
@@ -296,7 +307,7 @@ async def release(request: Request) -> Response:
     sub_id = _sub_id(request)
     token = _claim_token(request)
     body = await read_json_object(request, ctx.config.max_body_bytes)
-    await _visible(ctx, principal, sub_id)
+    await _require_visible(ctx, principal, sub_id)
     wake_id, generation = _fence_fields(body)
     try:
         await ctx.store.release(sub_id, token, wake_id, generation, ctx.clock())

@@ -190,9 +190,13 @@ class Store(Protocol):
         """Metadata of one stream, or ``NotFound``."""
         ...
 
-    async def append(self, path: str, items: Sequence[bytes], now_ms: int) -> AppendResult:
+    async def append(
+        self, path: str, items: Sequence[bytes], now_ms: int, *, content_type: str | None = None
+    ) -> AppendResult:
         """Append ``items`` (one message each) in one transaction; issue wakes for every
-        subscription that now has pending work and none in flight."""
+        subscription that now has pending work and none in flight. With ``content_type``, the
+        stream must hold that type (else ``Conflict("CONTENT_TYPE_MISMATCH")``, nothing
+        appended): the check and the append are one transaction."""
         ...
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:

@@ -42,7 +42,14 @@ from typing import Any
 
 import attrs
 
-from pullwake.server.errors import BadRequest, Conflict, NotFound, StoreError, Unauthorized
+from pullwake.server.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    StoreError,
+    Unauthorized,
+    content_type_mismatch,
+)
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
@@ -101,8 +108,10 @@ class Transaction:
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
-        # Invariant: holds every stream path appended to, created or deleted in this transaction.
-        self.changed: set[str] = set()
+        # Invariant: maps every stream path appended to, created or deleted in this transaction
+        # to its new tail position, or to None when that is not a plain append (a delete, a
+        # create): waiters then re-read the stream instead of trusting an announced tail.
+        self.changed: dict[str, int | None] = {}
 
     def sql(self, text: str) -> str:
         """Rewrite a statement from ``?`` placeholders into the driver's style."""
@@ -131,9 +140,13 @@ class Transaction:
         """Draw ``count`` increasing positions from the store-wide counter."""
         raise NotImplementedError
 
-    def notify(self, path: str) -> None:
-        """Record that ``path`` changed; waiters hear of it once the transaction commits."""
-        self.changed.add(path)
+    def notify(self, path: str, tail: int | None = None) -> None:
+        """Record that ``path`` changed (to the tail position ``tail`` when it was appended
+        to); waiters hear of it once the transaction commits."""
+        if path in self.changed and (self.changed[path] is None or tail is None):
+            self.changed[path] = None
+        else:
+            self.changed[path] = tail
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -297,7 +310,7 @@ def _append_rows(tx: Transaction, stream_id: int, path: str, items: Sequence[byt
     )
     tail = positions[-1]
     tx.execute("UPDATE streams SET tail_seq = ? WHERE id = ?", (tail, stream_id))
-    tx.notify(path)
+    tx.notify(path, tail)
     return tail
 
 
@@ -311,7 +324,13 @@ def _wake_linked(
         _maybe_wake(tx, sub_id, now_ms, path, wakes)
 
 
-def append(tx: Transaction, path: str, items: Sequence[bytes], now_ms: int) -> AppendResult:
+def append(
+    tx: Transaction,
+    path: str,
+    items: Sequence[bytes],
+    now_ms: int,
+    content_type: str | None = None,
+) -> AppendResult:
     _check_int(now_ms, "now_ms")
     if not items:
         raise BadRequest("nothing to append: send at least one message", code="EMPTY_APPEND")
@@ -321,6 +340,8 @@ def append(tx: Transaction, path: str, items: Sequence[bytes], now_ms: int) -> A
     row = _find_stream(tx, path, lock=True)
     if row is None:
         raise _stream_not_found(path)
+    if content_type is not None and content_type != row[2]:
+        raise content_type_mismatch(path, row[2], content_type)
     tail = _append_rows(tx, row[0], path, items)
     wakes: list[tuple[str, bytes]] = []
     _wake_linked(tx, row[0], path, now_ms, wakes)

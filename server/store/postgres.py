@@ -11,8 +11,11 @@ locks foreign keys take; operations that change which streams a subscription lin
 transaction-scoped advisory lock (``lock_catalog``). A deadlock or serialization failure is
 retried a few times, since nothing was applied.
 
-Each stream change runs ``pg_notify('pullwake_changes', path)`` inside the changing
-transaction, so PostgreSQL delivers it exactly when (and only if) the transaction commits. A
+Each stream change runs ``pg_notify('pullwake_changes', ...)`` inside the changing
+transaction, just before its commit, so PostgreSQL delivers it exactly when (and only if) the
+transaction commits; the payload names the store that made the change, the path and its new
+tail, so a listener skips its own store's changes (they reached its waiters already) and a
+waiter elsewhere can tell a change that concerns it without a query. A
 dedicated listener thread holds one extra connection that ``LISTEN``\\ s, sleeps in a selector
 on that connection's socket and a stop socket (never on a timer), and hands each notification to
 the event loop through ``anyio.from_thread`` with the loop's token. If that connection breaks,
@@ -26,12 +29,14 @@ connection), so the store can share a database with an application.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -128,10 +133,47 @@ class PostgresTransaction(logic.Transaction):
         rows = self.fetchall("SELECT nextval('offset_seq') FROM generate_series(1, ?)", (count,))
         return sorted(int(row[0]) for row in rows)
 
-    def notify(self, path: str) -> None:
-        if path not in self.changed:
-            self.execute("SELECT pg_notify(?, ?)", (CHANNEL, path))
-        super().notify(path)
+    def announce(self, origin: str) -> None:
+        """Queue one ``NOTIFY`` per changed path (just before commit, so each carries the
+        path's final tail); PostgreSQL delivers them if and only if the commit succeeds."""
+        for path, tail in self.changed.items():
+            self.execute("SELECT pg_notify(?, ?)", (CHANNEL, encode_note(origin, path, tail)))
+
+
+def encode_note(origin: str, path: str, tail: int | None) -> str:
+    """The payload of a change notification: who made it, which path, its new tail."""
+    return json.dumps([origin, path, tail], separators=(",", ":"))
+
+
+def decode_note(payload: str) -> tuple[str | None, str, int | None]:
+    """Read a payload of :func:`encode_note`; anything else is taken as a bare path."""
+    try:
+        origin, path, tail = json.loads(payload)
+    except (ValueError, TypeError):
+        return None, payload, None
+    if not isinstance(origin, str) or not isinstance(path, str):
+        return None, payload, None
+    return origin, path, tail if isinstance(tail, int) else None
+
+
+def check_idle(conn: psycopg.Connection[Any]) -> None:
+    """Refuse a pooled connection the server has closed, without a round trip.
+
+    psycopg_pool's own ``check_connection`` sends an empty query on every checkout: a whole
+    round trip to PostgreSQL before each transaction (a third of a wake's store time in
+    docs/performance.md). An idle connection has nothing to read, so a readable socket means
+    the server hung up or sent a fatal error (a restart, ``pg_terminate_backend``); that is what
+    this looks for, with one non-blocking poll. A server that vanished without a word is caught
+    by the query itself (``tcp_user_timeout``), as it would be by the round trip.
+    """
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    with selectors.DefaultSelector() as selector:
+        selector.register(conn.fileno(), selectors.EVENT_READ)
+        if selector.select(0):
+            # Closed, the pool drops it and opens another (an open one would be put back).
+            conn.close()
+            raise psycopg.OperationalError("the server closed or failed this idle connection")
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -142,10 +184,14 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
 class _Listener:
     """A thread that LISTENs on one connection and passes notifications to a change board."""
 
-    def __init__(self, dsn: str, board: ChangeBoard, token: anyio.lowlevel.EventLoopToken) -> None:
+    def __init__(
+        self, dsn: str, board: ChangeBoard, token: anyio.lowlevel.EventLoopToken, origin: str
+    ) -> None:
         self._dsn = dsn
         self._board = board
         self._token = token
+        # Changes this store made itself reached the board from the transaction already.
+        self._origin = origin
         # A socket pair rather than a pipe: selectable on every platform.
         self._stop_read, self._stop_write = socket.socketpair()
         # Invariant: the LISTENing connection while the thread has one, else None.
@@ -189,13 +235,13 @@ class _Listener:
             selector.register(self._stop_read, selectors.EVENT_READ)
             return bool(selector.select(timeout))
 
-    def _deliver(self, paths: Iterable[str] | None) -> bool:
-        """Hand ``paths`` (None: everything) to the event loop; False once the loop is gone."""
+    def _deliver(self, changes: Mapping[str, int | None] | None) -> bool:
+        """Hand ``changes`` (None: everything) to the event loop; False once the loop is gone."""
         try:
-            if paths is None:
+            if changes is None:
                 anyio.from_thread.run_sync(self._board.notify_all, token=self._token)
             else:
-                anyio.from_thread.run_sync(self._board.notify, list(paths), token=self._token)
+                anyio.from_thread.run_sync(self._board.notify, dict(changes), token=self._token)
         except Exception:
             return False
         return True
@@ -209,16 +255,20 @@ class _Listener:
         if "stop" in ready:
             return True
         conn.pgconn.consume_input()
-        paths = []
+        changes: dict[str, int | None] = {}
         while (note := conn.pgconn.notifies()) is not None:
-            paths.append(note.extra.decode("utf-8", "replace"))
-        return bool(paths) and not self._deliver(paths)
+            origin, path, tail = decode_note(note.extra.decode("utf-8", "replace"))
+            if origin == self._origin:
+                continue
+            known = changes.get(path, tail)
+            changes[path] = None if known is None or tail is None else max(known, tail)
+        return bool(changes) and not self._deliver(changes)
 
     def _run(self) -> None:
         delay = 0.05
         while True:
             if self._conn is None:
-                if self._stop_requested(delay) or not self._deliver([]):
+                if self._stop_requested(delay) or not self._deliver({}):
                     return  # asked to stop, or the event loop is gone
                 try:
                     self._conn = self._connect()
@@ -249,6 +299,8 @@ class PostgresStore(TransactionalStore):
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
         # Invariant: a running listener between _started() and _stopping(), else None.
         self._listener: _Listener | None = None
+        # Names this store in its change notifications, so its listener skips its own.
+        self._origin = uuid.uuid4().hex
 
     def __repr__(self) -> str:
         return f"PostgresStore({psycopg.conninfo.make_conninfo(self.dsn, password='***')!r})"
@@ -263,7 +315,7 @@ class PostgresStore(TransactionalStore):
                 timeout=self._timeout,
                 kwargs=dict(CONNECT_KWARGS),
                 configure=_configure,
-                check=psycopg_pool.ConnectionPool.check_connection,
+                check=check_idle,
                 name="pullwake",
             )
             self._pool = pool
@@ -293,7 +345,9 @@ class PostgresStore(TransactionalStore):
             pool.close(timeout=5.0)
 
     async def _started(self) -> None:
-        self._listener = _Listener(self.dsn, self._changes, anyio.lowlevel.current_token())
+        self._listener = _Listener(
+            self.dsn, self._changes, anyio.lowlevel.current_token(), self._origin
+        )
         await anyio.to_thread.run_sync(self._listener.start)
 
     async def _stopping(self) -> None:
@@ -334,6 +388,10 @@ class PostgresStore(TransactionalStore):
                     pass
 
             with conn.cursor() as cursor:
-                return run_body(
-                    PostgresTransaction(cursor), body, args, commit=conn.commit, rollback=rollback
-                )
+                tx = PostgresTransaction(cursor)
+
+                def commit() -> None:
+                    tx.announce(self._origin)
+                    conn.commit()
+
+                return run_body(tx, body, args, commit=commit, rollback=rollback)

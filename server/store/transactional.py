@@ -20,7 +20,7 @@ States: ``new`` -> ``open`` (after :meth:`open` succeeded) -> ``closed`` (after
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -54,7 +54,8 @@ class Outcome:
     """What a transaction body left behind once its transaction ended."""
 
     value: Any
-    changed: frozenset[str]
+    #: Each changed path and its new tail position (None when not a plain append).
+    changed: Mapping[str, int | None]
     #: Raised after the commit (and after waiters were told about ``changed``).
     error: StoreError | None = None
 
@@ -71,12 +72,12 @@ def run_body(
         value = body(tx, *args)
     except logic.CommitThenRaise as deferred:
         commit()
-        return Outcome(None, frozenset(tx.changed), deferred.error)
+        return Outcome(None, dict(tx.changed), deferred.error)
     except BaseException:
         rollback()
         raise
     commit()
-    return Outcome(value, frozenset(tx.changed))
+    return Outcome(value, dict(tx.changed))
 
 
 class TransactionalStore:
@@ -194,8 +195,10 @@ class TransactionalStore:
     async def stream(self, path: str) -> StreamMeta:
         return await self._call(logic.stream, path, write=False)
 
-    async def append(self, path: str, items: Sequence[bytes], now_ms: int) -> AppendResult:
-        return await self._call(logic.append, path, list(items), now_ms)
+    async def append(
+        self, path: str, items: Sequence[bytes], now_ms: int, *, content_type: str | None = None
+    ) -> AppendResult:
+        return await self._call(logic.append, path, list(items), now_ms, content_type)
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
         return await self._call(logic.read, path, offset, max_bytes, write=False)
@@ -211,18 +214,25 @@ class TransactionalStore:
             position = 0
         deadline = anyio.current_time() + max(0.0, timeout)
         while True:
-            # Watch first, then look: a change committed in between still sets the event.
-            with self._changes.watch(path) as changed:
+            # Watch first, then look: a change committed in between is still announced.
+            with self._changes.watch(path) as watch:
                 tail = await self._call(logic.stream_tail, path, write=False)
                 if position is None:
                     position = tail
                 if tail is None or position is None or tail > position:
                     return True
-                with anyio.move_on_at(deadline):
-                    await changed.wait()
-                if not changed.is_set() or self._changes.closed:
-                    return False
-            # Woken: look again, since a notification may be for an older change.
+                while True:
+                    with anyio.move_on_at(deadline):
+                        await watch.event.wait()
+                    if not watch.event.is_set() or self._changes.closed:
+                        return False
+                    if watch.unknown:
+                        break  # a change of unknown extent: look at the store again
+                    if watch.tail is not None and watch.tail > position:
+                        # An append through this process announced its tail: no need to
+                        # ask the store (one query less per wake per reader).
+                        return True
+                    watch.rearm()  # an older change, already seen: keep waiting
 
     # -- subscriptions --------------------------------------------------------------------------
 
