@@ -15,7 +15,7 @@ an open :class:`WakeStreamConnection` (the response is already accepted: status 
 ``text/event-stream``), so the task that connects can hand it to the task that reads. Two
 timeouts bound it: ``connect`` for the TCP/TLS handshake and ``read`` for any silence. The
 server writes a keepalive on idle streams (3 s by default), so silence past ``read`` (default
-10 s, about three keepalives) means the server or the path to it is dead.
+9 s, three keepalives) means the server or the path to it is dead.
 
 A client owns one connection pool. The runner makes one per run and closes it at the end, so
 nothing is shared between runs or stacked by a restart.
@@ -99,12 +99,13 @@ class Timeouts:
     """How long the client waits, in real seconds.
 
     ``connect`` bounds the TCP handshake; ``read`` bounds silence on the wake stream (set it to
-    about three times the server's keepalive interval); ``request`` bounds every other
-    exchange, each read and write of it.
+    three times the server's keepalive interval: the default, 9 s, is three of the server's
+    default 3 s keepalives, so a silent server is noticed within three keepalive intervals of
+    its last byte); ``request`` bounds every other exchange, each read and write of it.
     """
 
     connect: float = 5.0
-    read: float = 10.0
+    read: float = 9.0
     request: float = 10.0
 
 
@@ -722,7 +723,17 @@ class Client:
 
 
 def describe_failure(exc: BaseException) -> str:
-    """Return a short, log-friendly description of a failure."""
+    """Return a short, log-friendly description of a failure.
+
+    An exception without a message (``anyio.fail_after`` raises a bare ``TimeoutError``) is
+    named with a plain description of what its type means, never an empty text after a colon.
+    """
     if isinstance(exc, RequestFailed):
         return exc.message
-    return f"{type(exc).__name__}: {exc}"
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if text:
+        return f"{name}: {text}"
+    if isinstance(exc, TimeoutError):
+        return f"{name} (no answer in time)"
+    return f"{name} (no details given)"

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 The heartbeat is the activity of the chart's ``running`` state: it starts with the run and
-survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exchange:
+survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exchange, and every
+``probe_interval`` instead while the runner waits to reconnect to a server it could not reach
+(see below):
 
 - with a runner registry: ``POST /v1/runners/{id}/heartbeat`` carrying the lease, the committed
   wake-stream offset and the diagnostics. 404 means the server forgot the runner (a wiped
@@ -13,10 +15,21 @@ survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exc
 
 Its outcomes drive the chart, which is how the runner notices a dead server even while the wake
 stream is idle or a connect hangs: after ``failures_before_reset`` consecutive failures it sends
-``stream_reset`` (aborting a hung connect, or a stream that reads nothing from a dead server);
-a success while the chart is ``reconnecting`` sends ``server_reachable`` so the backoff is cut
-short. A 401/403 ends the activity with the ``rejected`` event. It never raises: any other
-failure is recorded and counted, and the next beat comes after ``interval``.
+``stream_reset`` (aborting a hung connect, or a stream that reads nothing from a dead server).
+A 401/403 ends the activity with the ``rejected`` event. It never raises: any other failure is
+recorded and counted, and the next beat comes after the next pause.
+
+While the host says it is ``waiting_for_server`` (the chart is ``reconnecting`` because the
+server gave no answer: refused, reset, timed out, or the heartbeats themselves failed), the
+pauses shrink to ``probe_interval``, each drawn at random between half of it and all of it so
+that a fleet that lost the same server does not probe it in lockstep; and a beat that gets
+through sends ``server_reachable``, which cuts the backoff short. So a reconnect follows the
+server's return within about one ``probe_interval``, however far the backoff has grown. When the
+stream was lost to an *answer* (an HTTP error, a protocol violation, a clean end) the host is
+not waiting for the server: the beats keep their normal interval and never cut the backoff,
+which then paces the retries alone (a server that answers errors is not made to answer them
+faster). Entering or leaving that wait takes effect at once: the host calls :meth:`reschedule`
+(a pause under way is shortened, never lengthened) and :meth:`nudge` (beat now).
 
 The final heartbeat of a clean stop (status ``stopped``) is sent by the drain with
 :meth:`Heartbeat.final`, so the server shows the runner ``offline``, not ``expired``.
@@ -25,6 +38,7 @@ The final heartbeat of a clean stop (status ``stopped``) is sent by the drain wi
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any, Protocol
 
 import anyio
@@ -39,6 +53,9 @@ from .errors import NotFound, Rejected, RequestFailed
 __all__ = ["Heartbeat", "HeartbeatHost"]
 
 logger = logging.getLogger("pullwake.heartbeat")
+
+#: Fraction of ``probe_interval`` that is random: each probe pause is in ``[p/2, p]``.
+PROBE_JITTER = 0.5
 
 
 class HeartbeatHost(Protocol):
@@ -55,7 +72,9 @@ class HeartbeatHost(Protocol):
     def wake_stream(self) -> str | None: ...
 
     @property
-    def state(self) -> str: ...
+    def waiting_for_server(self) -> bool:
+        """True while the runner waits to reconnect to a server that gave no answer."""
+        ...
 
     async def ensure_registered(self) -> None: ...
 
@@ -80,6 +99,8 @@ class Heartbeat:
         timeout: float,
         lease_ms: int,
         failures_before_reset: int = 2,
+        probe_interval: float | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._host = host
         self._clock = clock
@@ -87,41 +108,93 @@ class Heartbeat:
         self.timeout = timeout
         self.lease_ms = lease_ms
         self.failures_before_reset = failures_before_reset
+        #: The pause (before jitter) while the host waits for the server; None: ``interval``.
+        self.probe_interval = probe_interval
+        self._rng = rng or random.Random()
         # Invariant: failures since the last successful beat.
         self.consecutive_failures = 0
-        # Invariant: set by nudge() to end the current pause early; replaced after each pause.
-        self._nudged: anyio.Event | None = None
+        # Invariant: the clock time the running pause ends; None while no pause runs.
+        self._due: float | None = None
+        # Invariant: True once nudge() asked the running pause to end now; reset as a pause
+        # starts (a nudge during a beat is spent by that beat).
+        self._beat_now = False
+        # Invariant: set by nudge() and reschedule() to make the running pause look again at
+        # _due and _beat_now; replaced for each sleep.
+        self._woken: anyio.Event | None = None
 
     def nudge(self) -> None:
-        """Beat now instead of at the end of the interval (the wake stream just connected).
+        """Beat now instead of at the end of the pause (the wake stream just connected).
 
         The server's view of the runner (its verdict, ``stream_connected``) then follows a
         reconnect at once rather than up to one interval later.
         """
-        if self._nudged is not None:
-            self._nudged.set()
+        self._beat_now = True
+        self._wake()
+
+    def reschedule(self) -> None:
+        """Bring the running pause's end forward to what the host's state calls for now.
+
+        The host calls it when it starts waiting for the server, so the first probe comes
+        within ``probe_interval`` rather than at the end of a normal interval already under
+        way. It never delays a beat.
+        """
+        if self._due is not None:
+            self._due = min(self._due, self._clock.now() + self._next_pause())
+            self._wake()
+
+    def _next_pause(self) -> float:
+        """Return the pause before the next beat: a jittered probe or the normal interval."""
+        if self.probe_interval is None or not self._host.waiting_for_server:
+            return self.interval
+        probe = self.probe_interval * (1.0 - PROBE_JITTER * self._rng.random())
+        return min(self.interval, probe)
+
+    def _wake(self) -> None:
+        if self._woken is not None:
+            self._woken.set()
 
     async def _pause(self) -> None:
-        """Wait ``interval`` on the clock, or less if nudged."""
-        self._nudged = nudged = anyio.Event()
+        """Wait on the clock until the next beat is due (see :meth:`_next_pause`).
+
+        :meth:`reschedule` may shorten the wait and :meth:`nudge` ends it.
+        """
+        self._beat_now = False
+        self._due = self._clock.now() + self._next_pause()
+        try:
+            while not self._beat_now:
+                remaining = self._due - self._clock.now()
+                if remaining <= 0 or not await self._sleep_unless_woken(remaining):
+                    return
+        finally:
+            self._due = None
+
+    async def _sleep_unless_woken(self, seconds: float) -> bool:
+        """Sleep ``seconds`` on the clock; return True when :meth:`_wake` ended it early."""
+        self._woken = woken = anyio.Event()
         async with anyio.create_task_group() as tg:
 
-            async def end_on_nudge() -> None:
-                await nudged.wait()
+            async def end_when_woken() -> None:
+                await woken.wait()
                 tg.cancel_scope.cancel()
 
-            tg.start_soon(end_on_nudge)
-            await self._clock.sleep(self.interval)
+            tg.start_soon(end_when_woken)
+            await self._clock.sleep(seconds)
             tg.cancel_scope.cancel()
+        return woken.is_set()
 
     async def beat(self, *, status: str | None = None) -> None:
         """Send one heartbeat (or probe); raise the mapped error when it fails.
 
         The whole beat, registration included, is bounded by ``timeout``: a beat that cannot
-        finish in time raises ``TimeoutError`` and counts as a failure.
+        finish in time raises ``TimeoutError`` (saying so) and counts as a failure.
         """
-        with anyio.fail_after(self.timeout):
-            await self._beat(status)
+        try:
+            with anyio.fail_after(self.timeout):
+                await self._beat(status)
+        except TimeoutError as exc:
+            if str(exc):
+                raise
+            raise TimeoutError(f"no answer within {self.timeout:g} s") from exc
 
     async def _beat(self, status: str | None) -> None:
         host = self._host
@@ -170,7 +243,7 @@ class Heartbeat:
                 self.consecutive_failures = 0
                 diagnostics.last_heartbeat_ok = True
                 diagnostics.last_heartbeat_at = wall_time()
-                if self._host.state == "reconnecting":
+                if self._host.waiting_for_server:
                     ctx.send("server_reachable")
             if self.consecutive_failures >= self.failures_before_reset:
                 ctx.send("stream_reset")
@@ -183,8 +256,16 @@ class Heartbeat:
         diagnostics.last_heartbeat_ok = False
         diagnostics.last_heartbeat_at = wall_time()
         diagnostics.record_error(f"heartbeat: {describe_failure(exc)}")
-        logger.warning(
-            "heartbeat failed (%d in a row): %s", self.consecutive_failures, describe_failure(exc)
+        # Probes of a server already known to be gone fail several times a second: the first
+        # failures are news, the rest go to the debug log (the diagnostics count them all).
+        quiet = (
+            self._host.waiting_for_server and self.consecutive_failures > self.failures_before_reset
+        )
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "heartbeat failed (%d in a row): %s",
+            self.consecutive_failures,
+            describe_failure(exc),
         )
 
     async def final(self) -> bool:

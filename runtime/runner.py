@@ -6,7 +6,9 @@ The runner *is* the lifecycle chart (:mod:`pullwake.machines.lifecycle`) run by 
 :class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. What it adds are
 the chart's five activities and the per-run objects they share:
 
-- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first.
+- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first. While
+  the run is ``waiting_for_server`` (``reconnecting`` after the server gave no answer) it
+  probes every ``reconnect_probe_interval`` and its first success cuts the backoff short.
 - ``connect`` (``connecting``): registers if needed, creates the declared subscriptions, loads
   the resume offset, opens the SSE wake stream and leaves the accepted response in the run's
   **slot**. It returns ``"rejected"`` on a 401/403 and raises (``connect_failed``) on anything
@@ -17,6 +19,10 @@ the chart's five activities and the per-run objects they share:
   timeout (silence) or a broken stream end it (``stream_ended``).
 - ``backoff`` (``reconnecting``): waits a jittered exponential delay (small first step, capped,
   reset once a new stream delivered its first control event) and moves to the next server URL.
+  Why the stream was lost decides whether a heartbeat may end the wait early: only when the
+  server gave no answer (connect refused, reset, timed out, silence, failing heartbeats). After
+  an answer (an HTTP error, a protocol violation, a clean end) the backoff alone paces the
+  retries, so a server that keeps refusing the wake stream is never asked again any sooner.
 - ``drain`` (``stopping``): closes the claim pipeline (handlers get ``grace`` seconds, then are
   cancelled; every unfinished claim is released), saves the committed offset, sends the final
   heartbeat with status ``stopped`` and closes the HTTP client; then the chart rests in
@@ -74,6 +80,7 @@ from .errors import (
     RunnerError,
     RunnerNotRunning,
     RuntimeFailure,
+    ServerUnreachable,
     StopTimeout,
 )
 from .heartbeat import Heartbeat
@@ -130,12 +137,19 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
         raise ValueError(f"{attribute.name} must be greater than 0, got {value!r}")
 
 
+def _positive_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: float | None
+) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be greater than 0 or None, got {value!r}")
+
+
 @attrs.frozen
 class RunnerSettings:
     """Every tunable of a runner, with production defaults; tests shrink them.
 
-    Delays (heartbeat interval, backoffs) are in clock seconds; timeouts and stop bounds are in
-    real seconds.
+    Delays (heartbeat and probe intervals, backoffs) are in clock seconds; timeouts and stop
+    bounds are in real seconds.
     """
 
     #: Seconds between heartbeats; also how often liveness is probed.
@@ -150,6 +164,11 @@ class RunnerSettings:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     #: Reconnect backoff of the wake stream.
     backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, maximum=30.0))
+    #: While reconnecting to a server that gave no answer, heartbeat this often instead of every
+    #: ``heartbeat_interval`` (each pause drawn between half of it and all of it), so the first
+    #: beat that gets through ends the backoff within about this long of the server's return,
+    #: however far the backoff has grown. ``None`` keeps ``heartbeat_interval``.
+    reconnect_probe_interval: float | None = attrs.field(default=0.5, validator=_positive_or_none)
     #: The claim pipeline's tunables (concurrency is overridden by ``Runner(concurrency=)``).
     claims: ClaimSettings = attrs.field(factory=ClaimSettings)
     #: After ``grace``: real seconds for cancelled handlers to end, and again for the final
@@ -233,6 +252,8 @@ class _RunSession:
             timeout=settings.heartbeat_bound(),
             lease_ms=settings.heartbeat_lease_ms(),
             failures_before_reset=settings.failures_before_reset,
+            probe_interval=settings.reconnect_probe_interval,
+            rng=runner._rng,
         )
         self.slot = _StreamSlot()
         # Invariant: None until the first connect loaded the resume offset of this run.
@@ -248,6 +269,11 @@ class _RunSession:
         self._lock = anyio.Lock()
         # Connect attempts since the last good stream: the backoff exponent.
         self.connect_failures = 0
+        # Invariant: True when the wake stream was last lost because the server gave no answer
+        # (connect refused, reset or timed out, a broken or silent stream, failing heartbeats);
+        # False when it answered (an HTTP error, a protocol violation, a clean end). Set each
+        # time the chart enters reconnecting, by stream_lost().
+        self.server_unreachable = False
         # Handlers that ignored cancellation at stop (filled by the drain).
         self.stuck: tuple[str, ...] = ()
         self.closed = False
@@ -265,6 +291,28 @@ class _RunSession:
     @property
     def state(self) -> str:
         return self.runner.state
+
+    @property
+    def waiting_for_server(self) -> bool:
+        """True while the chart is ``reconnecting`` because the server gave no answer.
+
+        Only then does the heartbeat probe every ``reconnect_probe_interval`` and a beat that
+        gets through cut the backoff (``server_reachable``). After an HTTP error the server is
+        up: reconnecting sooner would only fetch the same answer sooner, so the backoff runs.
+        """
+        return self.server_unreachable and self.state == "reconnecting"
+
+    def stream_lost(self, event: str, error: BaseException | None) -> None:
+        """Record why the wake stream is down (the event that entered ``reconnecting``).
+
+        ``stream_reset`` (failing heartbeats) and a :class:`ServerUnreachable` failure mean
+        the server gave no answer; anything else (``connect_failed`` or ``stream_ended`` on an
+        HTTP error, a protocol violation, a clean EOF) means it answered. Also called when the
+        heartbeats fail while the chart is already ``reconnecting`` (an ignored
+        ``stream_reset``): the server has since gone away.
+        """
+        self.server_unreachable = event == "stream_reset" or isinstance(error, ServerUnreachable)
+        self.heartbeat.reschedule()
 
     async def ensure_registered(self) -> None:
         """Register with the server once per run (again after forget_registration())."""
@@ -694,11 +742,27 @@ class Runner:
         return self._session
 
     def _inspect(self, record: TransitionRecord) -> None:
+        session = self._session
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
-            if record.target[-1] == "streaming" and self._session is not None:
-                self._session.heartbeat.nudge()
+            if session is not None and record.event is not None:
+                if record.target[-1] == "streaming":
+                    session.heartbeat.nudge()
+                elif record.target[-1] == "reconnecting":
+                    session.stream_lost(record.event, record.error)
+        elif (
+            record.kind == "ignored"
+            and record.event == "stream_reset"
+            and record.source[-1] == "reconnecting"
+            and session is not None
+            and not session.waiting_for_server
+        ):
+            # The heartbeats lost the server while the runner was already waiting to
+            # reconnect after an answer (an HTTP error): a beat that gets through may now cut
+            # the wait, since the server has been away.
+            logger.debug("%s: %s", self.runner_id, describe(record))
+            session.stream_lost("stream_reset", None)
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:

@@ -1,8 +1,9 @@
 """An in-memory Durable Streams server with pull-wake and a registry, for httpx.MockTransport.
 
 Unit tests of the runtime use it where a real server cannot be made to misbehave on cue: every
-route can be told to fail (``fail(kind, *answers)``), to hang (``hang(kind)``), and every call
-is recorded (``calls``). It implements the small part of the protocol the runner uses: JSON
+route can be told to fail (``fail(kind, *answers)``), to hang (``hang(kind)``), the whole server
+to go away like a killed process (``go_down()``, ``come_back()``), and every call is recorded
+(``calls``). It implements the small part of the protocol the runner uses: JSON
 streams, catch-up reads, ``live=sse`` (from memory, ending on ``end_sse()``), pull-wake
 subscriptions with explicit streams (claim, ack, release, fencing, auto-wakes) and the runner
 registry. Tests that need the real thing use the ``server_factory`` fixture instead.
@@ -59,6 +60,8 @@ class FakeServer:
         self._sse_generation = 0
         self.sse_open = 0
         self._tokens = itertools.count(1)
+        # Invariant: True between go_down() and come_back(): every call is refused.
+        self.down = False
 
     # -- setup from tests ----------------------------------------------------------------
 
@@ -124,6 +127,18 @@ class FakeServer:
         """Hold calls of ``kind`` until the returned event is set."""
         self._gates[kind] = anyio.Event()
         return self._gates[kind]
+
+    def go_down(self) -> None:
+        """Act like a killed server: reset every open SSE response and refuse every call.
+
+        Calls are still recorded; each raises ``httpx.ConnectError`` until :meth:`come_back`.
+        """
+        self.down = True
+        self.end_sse()
+
+    def come_back(self) -> None:
+        """Answer calls again (after :meth:`go_down`), with the same data as before."""
+        self.down = False
 
     def end_sse(self) -> None:
         """End every open SSE response cleanly (EOF), like a server shutting down."""
@@ -201,6 +216,8 @@ class FakeServer:
     async def handle(self, request: httpx.Request) -> httpx.Response:
         kind, parts = self._kind(request)
         self.calls.append((kind, request))
+        if self.down:
+            raise httpx.ConnectError("connection refused")
         if kind in self._hanging:
             await anyio.sleep_forever()
         if kind in self._gates:
@@ -282,13 +299,20 @@ class FakeServer:
                     yield f"event: control\ndata:{json.dumps(control)}\n\n".encode()
                 first = False
                 if generation != self._sse_generation:
+                    self._closed_by_server()
                     return
                 event = self._changed.setdefault(path, anyio.Event())
                 await event.wait()
                 if generation != self._sse_generation:
+                    self._closed_by_server()
                     return
         finally:
             self.sse_open -= 1
+
+    def _closed_by_server(self) -> None:
+        """End an SSE body: a clean EOF, or a connection reset when the server went down."""
+        if self.down:
+            raise httpx.ReadError("connection reset by peer")
 
     async def _on_put_subscription(
         self, request: httpx.Request, parts: list[str], body: Any

@@ -14,6 +14,7 @@ from pullwake.runtime.client import (
     ControlEvent,
     DataEvent,
     Timeouts,
+    describe_failure,
     offset_after,
     raise_for_answer,
 )
@@ -326,6 +327,28 @@ async def test_rotate_cycles_through_the_urls_and_read_timeout_is_the_sse_bound(
     finally:
         await client.aclose()
     assert client.closed
+
+
+def test_a_failure_without_a_message_is_still_described() -> None:
+    # anyio.fail_after raises a bare TimeoutError: the log must not end in "TimeoutError: ".
+    assert describe_failure(TimeoutError()) == "TimeoutError (no answer in time)"
+    assert describe_failure(TimeoutError("  ")) == "TimeoutError (no answer in time)"
+    assert describe_failure(OSError()) == "OSError (no details given)"
+    assert describe_failure(TimeoutError("no answer within 5 s")) == (
+        "TimeoutError: no answer within 5 s"
+    )
+    assert describe_failure(ValueError("bad offset")) == "ValueError: bad offset"
+    unreachable = errors.ServerUnreachable(
+        "GET http://h/x timed out", method="GET", url="http://h/x"
+    )
+    assert describe_failure(unreachable) == "GET http://h/x timed out"
+
+
+def test_the_default_read_timeout_is_three_server_keepalives() -> None:
+    from pullwake.server.config import ServerConfig
+
+    # Silence on the wake stream is noticed within three of the server's default keepalives.
+    assert Timeouts().read == 3 * ServerConfig().keepalive == 9.0
 
 
 def test_offsets_compare_with_the_start_sentinel_first() -> None:

@@ -8,6 +8,7 @@ timing. Real-server behaviour (kills, silence, restarts) is in ``test_runner_ser
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -104,6 +105,18 @@ async def advance_until(clock: ManualClock, predicate: Any, step: float = HEARTB
             clock.advance(step)
             await anyio.sleep(0.001)
     raise TimeoutError("the condition did not hold after 1000 heartbeats")
+
+
+async def step(clock: ManualClock) -> None:
+    """Move the clock to the next sleeper's deadline, then let every task run until it blocks.
+
+    Call it when every task is blocked already (after ``anyio.wait_all_tasks_blocked()`` or the
+    last step), so the deadline read is the next thing that can happen.
+    """
+    deadline = clock.next_deadline()
+    assert deadline is not None, "nothing sleeps on the clock"
+    clock.advance(max(0.0, deadline - clock.now()))
+    await anyio.wait_all_tasks_blocked()
 
 
 def new_fake(**kwargs: Any) -> FakeServer:
@@ -211,6 +224,46 @@ async def test_a_persistent_4xx_on_connect_backs_off_exponentially(anyio_backend
     assert runner.health()["last_error"] is not None
 
 
+@pytest.mark.parametrize("status", [404, 503])
+async def test_heartbeats_that_get_through_do_not_cut_the_backoff_after_an_http_error(
+    anyio_backend: str, status: int
+) -> None:
+    """A wake stream that answers errors while heartbeats succeed is retried at the backoff's pace.
+
+    The server is up: if every beat that gets through cut the backoff (``server_reachable``),
+    the refusals would come back once per beat. So after an answer the beats keep their normal
+    interval (no fast probes) and never end the wait early.
+    """
+    fake = new_fake()
+    fake.fail("sse", *([status] * 6))
+    clock = ManualClock()
+    records: list[TransitionRecord] = []
+    attempts: list[float] = []
+    beats: list[float] = []
+    async with bounded():
+        # A heartbeat every second: several get through during each wait of 1 s to 8 s.
+        runner = make_runner(fake, Recorder(), clock, records, heartbeat_interval=1.0)
+        async with runner:
+            await anyio.wait_all_tasks_blocked()
+            for _ in range(500):
+                attempts += [clock.now()] * (fake.count("sse") - len(attempts))
+                beats += [clock.now()] * (fake.count("heartbeat") - len(beats))
+                if len(attempts) == 7:
+                    break
+                await step(clock)
+            await runner.wait_state("streaming")
+    # Six refusals, then the stream opened; each wait is within the jitter band of a doubling
+    # ceiling, capped at 8 s (1, 2, 4, 8, 8, 8), although heartbeats got through meanwhile.
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    ceilings = [min(8.0, 2.0**n) for n in range(6)]
+    assert all(c / 2 <= g <= c for c, g in zip(ceilings, gaps, strict=True)), gaps
+    while_refused = [t for t in beats if t < attempts[-1]]
+    assert len(while_refused) >= 20
+    assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(while_refused))
+    assert not any(r.event == "server_reachable" for r in records)
+    assert transitions(records).count(("reconnecting", "backoff_elapsed", "connecting")) == 6
+
+
 async def test_401_on_connect_stops_with_a_clear_error_and_no_retry(anyio_backend: str) -> None:
     fake = new_fake()
     fake.fail("sse", 401)
@@ -295,6 +348,18 @@ async def test_heartbeat_failures_abort_a_hung_connect(anyio_backend: str) -> No
     assert ("reconnecting", "server_reachable", "connecting") in transitions(records)
 
 
+async def test_a_heartbeat_that_times_out_says_how_long_it_waited(anyio_backend: str) -> None:
+    fake = new_fake()
+    fake.hang("heartbeat")
+    async with bounded():
+        runner = make_runner(fake, Recorder(), ManualClock(), heartbeat_timeout=0.05)
+        async with runner:
+            await wait_for(lambda: runner.health()["heartbeat_failures"] >= 1)
+            assert runner.health()["last_error"] == (
+                "heartbeat: TimeoutError: no answer within 0.05 s"
+            )
+
+
 async def test_heartbeat_failures_reset_an_idle_stream_from_a_dead_server(
     anyio_backend: str,
 ) -> None:
@@ -348,6 +413,65 @@ async def test_a_clean_eof_reconnects_at_once_from_the_read_offset(anyio_backend
     assert handler.handled == [("s", "j1"), ("s", "j2")]
     assert handler.claims == 2
     assert fake.count("claim") == 2
+
+
+async def test_a_lost_server_that_returns_is_reconnected_within_a_probe_interval(
+    anyio_backend: str,
+) -> None:
+    """A long backoff does not delay the reconnect to a server that answers again.
+
+    The server goes away like a killed process (reset stream, refused connects) and comes back
+    while 40 s of a 50 s backoff remain (a long outage grows the backoff that far). While it
+    gave no answer the heartbeat probed every ``reconnect_probe_interval`` (jittered), not
+    every ``heartbeat_interval``; the first probe that gets through ends the wait.
+    """
+    fake = new_fake()
+    clock = ManualClock()
+    records: list[TransitionRecord] = []
+    probe = RunnerSettings().reconnect_probe_interval
+    assert probe is not None
+    probes: list[float] = []
+    async with bounded():
+        long_backoff = Backoff(initial=50.0, maximum=50.0, jitter=0)
+        runner = make_runner(fake, Recorder(), clock, records, backoff=long_backoff)
+        async with runner:
+            await runner.wait_state("streaming")
+            await anyio.wait_all_tasks_blocked()
+            fake.go_down()
+            await runner.wait_state("reconnecting")
+            await anyio.wait_all_tasks_blocked()
+            lost_at = clock.now()
+            beats = fake.count("heartbeat")
+            for _ in range(200):
+                if clock.now() >= lost_at + 10:
+                    break
+                await step(clock)
+                probes += [clock.now()] * (fake.count("heartbeat") - beats)
+                beats = fake.count("heartbeat")
+            assert runner.state == "reconnecting"
+            fake.come_back()
+            back_at = clock.now()
+            for _ in range(100):
+                if runner.state == "streaming":
+                    break
+                await step(clock)
+            assert runner.state == "streaming"
+            reconnected_at = clock.now()
+            # Streaming again: one beat at once (the nudge), then the normal interval.
+            await anyio.wait_all_tasks_blocked()
+            assert clock.sleepers() == 1
+            assert (clock.next_deadline() or 0) - clock.now() == pytest.approx(HEARTBEAT)
+            assert fake.heartbeats[-1]["diagnostics"]["status"] == "streaming"
+    assert reconnected_at - back_at <= probe + 1e-9
+    assert reconnected_at < lost_at + 50
+    assert ("reconnecting", "server_reachable", "connecting") in transitions(records)
+    assert ("reconnecting", "backoff_elapsed", "connecting") not in transitions(records)
+    # The probes while the server was gone: each pause between half a probe interval and a
+    # whole one, and not all alike (a fleet does not probe in lockstep).
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert len(gaps) >= 15
+    assert all(probe / 2 - 1e-9 <= g <= probe + 1e-9 for g in gaps), gaps
+    assert len({round(g, 6) for g in gaps}) > 1
 
 
 async def test_a_reconnect_is_reported_by_a_heartbeat_at_once(anyio_backend: str) -> None:
@@ -569,3 +693,6 @@ def test_runner_arguments_are_checked() -> None:
         Runner([], runner_id="r", handler=handler)
     with pytest.raises(ValueError, match="pattern or streams"):
         SubscriptionSpec("s")
+    with pytest.raises(ValueError, match="reconnect_probe_interval"):
+        RunnerSettings(reconnect_probe_interval=0)
+    assert RunnerSettings(reconnect_probe_interval=None).reconnect_probe_interval is None
