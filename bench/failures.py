@@ -5,12 +5,14 @@ Three faults, each on its own ``pullwake server`` (SQLite), each against two gro
 runners, all groups at once (the figures are timer-bound, so running them side by side costs
 accuracy only in milliseconds and saves minutes):
 
-- **default**: ``RunnerSettings()`` as shipped (5 s heartbeats, 10 s read timeout against the
-  server's 3 s keepalive, two heartbeat failures reset the stream);
+- **default**: ``RunnerSettings()`` as shipped (5 s heartbeats, 9 s read timeout against the
+  server's 3 s keepalive, two heartbeat failures reset the stream, a probe every 0.5 s while
+  the server gives no answer);
 - **heartbeat-only** (the runner this project replaces): ``RunnerSettings(heartbeat_interval=30,
-  failures_before_reset=2, timeouts=Timeouts(read=3600))``: a heartbeat every 30 s, each bounded
-  by 30 s (the interval, as by default), and no silence detection on the wake stream (a read
-  timeout of an hour stands for none), so only two failed heartbeats in a row reset the stream.
+  failures_before_reset=2, timeouts=Timeouts(read=3600), reconnect_probe_interval=None)``: a
+  heartbeat every 30 s, each bounded by 30 s (the interval, as by default), no silence
+  detection on the wake stream (a read timeout of an hour stands for none), so only two failed
+  heartbeats in a row reset the stream, and no faster probing while reconnecting.
 
 A group is ``--runs`` runners, each on its own wake stream, started at random moments over one
 heartbeat interval so their heartbeat and keepalive phases are independent; each runner is
@@ -57,6 +59,7 @@ CONFIGS: dict[str, RunnerSettings] = {
         heartbeat_interval=30.0,
         failures_before_reset=2,
         timeouts=Timeouts(connect=5.0, read=3600.0, request=10.0),
+        reconnect_probe_interval=None,
     ),
 }
 FAULTS = ("sigkill", "silent", "hung")

@@ -24,6 +24,8 @@ PACKAGES = (
     "httpx",
     "httpx-sse",
     "hypercorn",
+    "uvicorn",
+    "httptools",
     "starlette",
     "h11",
     "python-statemachine",

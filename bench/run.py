@@ -313,7 +313,8 @@ def write_document(
         [[k, v] for k, v in machine.items()] + [["load average at end", load_after]],
     )
     doc.add(
-        "The servers: `pullwake server` (hypercorn on asyncio, defaults: 3 s keepalive) on a "
+        "The servers: `pullwake server` (asyncio, so uvicorn with httptools; defaults: 3 s "
+        "keepalive) on a "
         "SQLite file (WAL, `synchronous=NORMAL`) or on a throwaway PostgreSQL cluster started "
         "like the tests' one (`fsync=off`, `synchronous_commit=off`: durability off on both "
         "sides of the comparison), and the reference server `@durable-streams/server` in "
@@ -396,19 +397,43 @@ def write_document(
         )
     doc.matrix(rows, ["", *SERVER_HEADERS])
     doc.add(
-        "Server CPU per request, one request at a time (`bench/server_cost.py`); the bare ASGI "
-        "app on hypercorn is the floor under any server pullwake can build on hypercorn:",
+        "Server CPU per request, one request at a time (`bench/server_cost.py`): pullwake on "
+        "its asyncio HTTP server (uvicorn with httptools) and on hypercorn (its trio server, "
+        "`--http hypercorn`), the reference server, and a bare ASGI app on each HTTP server, "
+        "the floor under anything built on it:",
         "",
     )
     doc.matrix(
         [
             (
                 "`HEAD` a stream",
-                ["server_cost.sqlite.head", "server_cost.reference.head", "server_cost.bare.head"],
+                [
+                    "server_cost.sqlite.head",
+                    "server_cost.sqlite_hypercorn.head",
+                    "server_cost.reference.head",
+                    "server_cost.bare_uvicorn.head",
+                    "server_cost.bare_hypercorn.head",
+                ],
             ),
-            ("append one message", ["server_cost.sqlite.post", "server_cost.reference.post", ""]),
+            (
+                "append one message",
+                [
+                    "server_cost.sqlite.post",
+                    "server_cost.sqlite_hypercorn.post",
+                    "server_cost.reference.post",
+                    "",
+                    "",
+                ],
+            ),
         ],
-        ["", "pullwake, SQLite", "reference server (Node)", "bare ASGI app on hypercorn"],
+        [
+            "",
+            "pullwake, SQLite (uvicorn)",
+            "pullwake, SQLite, on hypercorn",
+            "reference server (Node)",
+            "bare ASGI app on uvicorn",
+            "bare ASGI app on hypercorn",
+        ],
     )
 
     doc.add(
@@ -447,9 +472,10 @@ def write_document(
         "or from the start of a hung connect to its abort. Reconnect: from the server's return "
         "to the runner streaming again. *Default* is `RunnerSettings()`; *heartbeat-only* "
         "models the runner this project replaces: `RunnerSettings(heartbeat_interval=30, "
-        "failures_before_reset=2, timeouts=Timeouts(read=3600))` — a heartbeat every 30 s "
-        "(each bounded by 30 s), two failures in a row reset the stream, and no silence "
-        "detection on the wake stream.",
+        "failures_before_reset=2, timeouts=Timeouts(read=3600), "
+        "reconnect_probe_interval=None)` — a heartbeat every 30 s (each bounded by 30 s), two "
+        "failures in a row reset the stream, no silence detection on the wake stream, and no "
+        "faster probing while reconnecting.",
         "",
     )
     fault_rows = []

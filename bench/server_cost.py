@@ -1,4 +1,5 @@
-"""Measure server CPU per request: pullwake, the reference server, and a bare hypercorn app.
+"""Measure server CPU per request: pullwake on each HTTP server, the reference server, and a
+bare ASGI app on each HTTP server.
 
 Run alone: ``.venv/bin/python bench/server_cost.py``.
 The throughput of one server process is bounded by the CPU each request costs it, so this
@@ -7,10 +8,11 @@ script sends requests one at a time on one keep-alive connection (the raw client
 
 - ``HEAD`` on a stream (one store read in pullwake);
 - ``POST`` append of one small JSON message to a stream with no subscription;
-- the same ``HEAD`` path on a bare ASGI app served by hypercorn with pullwake's settings (this
-  script with ``--serve-bare``): what the ASGI server alone costs, the floor under pullwake's
-  per-request cost, since hypercorn is the server pullwake must use (it runs on asyncio and
-  trio).
+- pullwake on SQLite as shipped (uvicorn with httptools on asyncio) and with
+  ``--http hypercorn`` (the HTTP server pullwake uses on trio);
+- the same ``HEAD`` path on a bare ASGI app (this script with ``--serve-bare uvicorn`` or
+  ``--serve-bare hypercorn``, pullwake's settings): what the HTTP server alone costs, the floor
+  under pullwake's per-request cost on it.
 """
 
 from __future__ import annotations
@@ -31,12 +33,9 @@ REQUESTS = 1000
 WARMUP = 100
 
 
-def serve_bare() -> None:
-    """Serve an ASGI app that answers 200 with no body, on hypercorn (asyncio)."""
+def serve_bare(kind: str) -> None:
+    """Serve an ASGI app that answers 200 with no body, on uvicorn or hypercorn (asyncio)."""
     import asyncio
-
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
 
     async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
         if scope["type"] != "http":
@@ -49,12 +48,32 @@ def serve_bare() -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     print(sock.getsockname()[1], flush=True)
-    config = Config()
-    config.bind = [f"fd://{sock.detach()}"]
-    config.accesslog = None
-    config.include_server_header = False
-    config.keep_alive_timeout = 5.0
-    asyncio.run(serve(app, config))  # type: ignore[arg-type]
+    if kind == "uvicorn":
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            fd=sock.fileno(),
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=5,
+        )
+        uvicorn.Server(config).run()
+        return
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    hyper = Config()
+    hyper.bind = [f"fd://{sock.detach()}"]
+    hyper.accesslog = None
+    hyper.include_server_header = False
+    hyper.keep_alive_timeout = 5.0
+    asyncio.run(serve(app, hyper))  # type: ignore[arg-type]
 
 
 async def per_request(url: str, pid: int, method: str, path: str, runs: int) -> list[float]:
@@ -87,16 +106,9 @@ async def prepare(url: str) -> None:
             raise RuntimeError(f"PUT: {answer}")
 
 
-def main() -> int:
-    parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_bare:
-        serve_bare()
-        return 0
-    report = Report("server_cost.py", args)
+def bare_figures(kind: str, runs: int) -> list[float]:
     bare = subprocess.Popen(
-        [sys.executable, __file__, "--serve-bare"],
+        [sys.executable, __file__, "--serve-bare", kind],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -105,25 +117,48 @@ def main() -> int:
         assert bare.stdout is not None
         port = int(bare.stdout.readline())
         time.sleep(0.3)
-        runs = anyio.run(per_request, f"http://127.0.0.1:{port}", bare.pid, "HEAD", "/", args.runs)
-        report.add(
-            "server_cost.bare.head", "bare ASGI app on hypercorn: HEAD", "µs CPU", runs, digits=0
-        )
+        return anyio.run(per_request, f"http://127.0.0.1:{port}", bare.pid, "HEAD", "/", runs)
     finally:
         bare.kill()
         bare.wait()
         if bare.stdout is not None:
             bare.stdout.close()
-    for name in ("sqlite", "reference"):
-        with target(name) as server:
+
+
+#: (figure key, server name, pullwake server arguments, title)
+SERVERS = (
+    ("sqlite", "sqlite", (), TITLES["sqlite"]),
+    ("sqlite_hypercorn", "sqlite", ("--http", "hypercorn"), "pullwake (SQLite) on hypercorn"),
+    ("reference", "reference", (), TITLES["reference"]),
+)
+
+
+def main() -> int:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--serve-bare", choices=["uvicorn", "hypercorn"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    report = Report("server_cost.py", args)
+    for kind in ("uvicorn", "hypercorn"):
+        report.add(
+            f"server_cost.bare_{kind}.head",
+            f"bare ASGI app on {kind}: HEAD",
+            "µs CPU",
+            bare_figures(kind, args.runs),
+            digits=0,
+        )
+    for key, name, server_args, title in SERVERS:
+        with target(name, server_args=server_args) as server:
             anyio.run(prepare, server.url)
             for method, what in (("HEAD", "HEAD a stream"), ("POST", "append one message")):
                 runs = anyio.run(
                     per_request, server.url, server.pid, method, "/v1/stream/cost/plain", args.runs
                 )
                 report.add(
-                    f"server_cost.{name}.{method.lower()}",
-                    f"{TITLES[name]}: {what}",
+                    f"server_cost.{key}.{method.lower()}",
+                    f"{title}: {what}",
                     "µs CPU",
                     runs,
                     digits=0,

@@ -90,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="async backend (default: %(default)s)",
     )
     parser.add_argument(
+        "--http",
+        choices=["auto", "uvicorn", "hypercorn"],
+        default=defaults.http,
+        help="HTTP server: uvicorn (asyncio only), hypercorn (asyncio or trio), or auto: "
+        "uvicorn on asyncio, hypercorn on trio (default: %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -113,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=args.shutdown_grace,
         lease_sweep_interval=args.lease_sweep_interval,
         long_poll_timeout=args.long_poll_timeout,
+        http=args.http,
     )
 
 
@@ -140,6 +148,13 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         print(
             "pullwake server: --backend trio needs trio: pip install 'pullwake[trio]'",
+            file=sys.stderr,
+        )
+        return 2
+    if args.backend == "trio" and config.http == "uvicorn":
+        print(
+            "pullwake server: uvicorn runs on asyncio only: use --http hypercorn (or auto) "
+            "with --backend trio",
             file=sys.stderr,
         )
         return 2

@@ -103,6 +103,10 @@ class UnsafeBindError(PullwakeError, ValueError):
     """The server was asked to listen beyond loopback with authentication off."""
 
 
+class UnsupportedHttpServer(PullwakeError, ValueError):
+    """The configuration names an HTTP server that cannot run on the current async backend."""
+
+
 def content_type_mismatch(path: str, stored: str, sent: str) -> Conflict:
     """The error for an append whose content type is not the stream's."""
     return Conflict(

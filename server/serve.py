@@ -1,19 +1,21 @@
-"""Run the wake server: open the store, serve with hypercorn, sweep leases, stop cleanly.
+"""Run the wake server: open the store, serve over HTTP, sweep leases, stop cleanly.
 
 Theory of operation
 -------------------
-:func:`serve` runs on whatever anyio backend it is called from (hypercorn has an asyncio and a
-trio flavour; :func:`sniffio.current_async_library` picks one). It binds the listening socket
+:func:`serve` runs on whatever anyio backend it is called from. The HTTP server under the app is
+uvicorn (with httptools) on asyncio and hypercorn on trio, unless ``ServerConfig.http`` names
+one: uvicorn costs about 40 % less CPU per request (docs/performance.md) but runs on asyncio
+only; hypercorn has an asyncio and a trio flavour. :func:`serve` binds the listening socket
 itself, so ``port=0`` yields a real port before anything is announced, then prints one line,
 ``pullwake server listening on http://HOST:PORT``, that scripts and tests wait for.
 
-Three tasks run side by side: hypercorn, the lease sweeper (every ``lease_sweep_interval``
+Three tasks run side by side: the HTTP server, the lease sweeper (every ``lease_sweep_interval``
 seconds it clears expired claim leases and re-wakes pending work; with several processes on one
 PostgreSQL each sweeps, and the store's transactions make that safe), and the signal watcher.
 
 Shutdown on SIGINT or SIGTERM: first every SSE stream and long-poll is told to finish (a final
-control event, then EOF; see ``shutdown.py``), then hypercorn stops accepting and gives open
-connections at most ``shutdown_grace`` seconds, then the store closes. Further signals are
+control event, then EOF; see ``shutdown.py``), then the HTTP server stops accepting and gives
+open connections at most ``shutdown_grace`` seconds, then the store closes. Further signals are
 logged and otherwise ignored: the grace is already bounded.
 """
 
@@ -34,6 +36,7 @@ from pullwake.server.app import begin_shutdown, create_app
 from pullwake.server.auth import require_safe_bind
 from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, wall_clock_ms
+from pullwake.server.errors import UnsupportedHttpServer
 from pullwake.server.store.base import Store
 
 log = logging.getLogger("pullwake.server")
@@ -103,6 +106,19 @@ async def _hypercorn_serve(
         await asyncio_serve(app, hyper, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
 
 
+def http_server_for(config: ServerConfig) -> str:
+    """Name the HTTP server to run under the current async backend (``UnsupportedHttpServer``
+    when the configuration asks for uvicorn on trio)."""
+    on_trio = sniffio.current_async_library() == "trio"
+    if config.http == "hypercorn" or (config.http == "auto" and on_trio):
+        return "hypercorn"
+    if on_trio:
+        raise UnsupportedHttpServer(
+            "uvicorn runs on asyncio only: use http='hypercorn' (or 'auto') on trio"
+        )
+    return "uvicorn"
+
+
 async def serve_app(
     app: Starlette,
     config: ServerConfig,
@@ -113,9 +129,10 @@ async def serve_app(
 ) -> None:
     """Serve ``app`` until a signal (or ``stop``) arrives, then shut down gracefully."""
     require_safe_bind(config)
+    http = http_server_for(config)
     sock = bind_socket(config.host, config.port)
     url = url_of(sock, config.host)
-    hyper = hypercorn_config(config, sock)
+    log.info("serving HTTP with %s", http)
     stopping = anyio.Event()
 
     def begin(reason: str) -> None:
@@ -149,13 +166,18 @@ async def serve_app(
         tg.start_soon(sweep_leases, app, config.lease_sweep_interval)
         (announce or _print_listening)(url)
 
-        async def run_hypercorn() -> None:
+        async def run_http() -> None:
             # In a task of its own: hypercorn's asyncio flavour leaves an unbalanced cancel
             # request on the task that ran it, which would otherwise leak into this group.
-            await _hypercorn_serve(app, hyper, stopping.wait)
+            if http == "uvicorn":
+                from pullwake.server.http_uvicorn import serve_uvicorn
+
+                await serve_uvicorn(app, config, sock, stopping.wait)
+            else:
+                await _hypercorn_serve(app, hypercorn_config(config, sock), stopping.wait)
             tg.cancel_scope.cancel()
 
-        tg.start_soon(run_hypercorn)
+        tg.start_soon(run_http)
     log.info("pullwake server stopped")
 
 

@@ -85,6 +85,9 @@ class TransactionalStore:
 
     #: Name used in messages ("SQLite", "PostgreSQL").
     dialect_name = "database"
+    #: True when the database takes one writer at a time (SQLite): writes then queue here, in
+    #: the event loop, instead of in the database's busy handler, which sleeps and retries.
+    single_writer = False
 
     def __init__(self, *, connections: int) -> None:
         self._changes = ChangeBoard()
@@ -93,6 +96,9 @@ class TransactionalStore:
         self._secret = ""
         # Invariant: moves only new -> open -> closed (or new -> closed).
         self._state: Literal["new", "open", "closed"] = "new"
+        # Held around each write transaction when single_writer (FIFO, so writers are served
+        # in the order they came).
+        self._write_lock = anyio.Lock() if self.single_writer else None
 
     # -- dialect hooks (worker threads) --------------------------------------------------------
 
@@ -170,16 +176,24 @@ class TransactionalStore:
 
     async def _call(self, body: Callable[..., T], *args: Any, write: bool = True) -> T:
         self._check_open()
-        with anyio.CancelScope(shield=True):
-            outcome = await anyio.to_thread.run_sync(
-                self._transact_sync, body, args, write, limiter=self._limiter
-            )
-            self._changes.notify(outcome.changed)
+        if write and self._write_lock is not None:
+            async with self._write_lock:
+                outcome = await self._run(body, args, write)
+        else:
+            outcome = await self._run(body, args, write)
         await anyio.lowlevel.checkpoint_if_cancelled()
         if outcome.error is not None:
             raise outcome.error
         value: T = outcome.value
         return value
+
+    async def _run(self, body: Callable[..., Any], args: Sequence[Any], write: bool) -> Outcome:
+        with anyio.CancelScope(shield=True):
+            outcome: Outcome = await anyio.to_thread.run_sync(
+                self._transact_sync, body, args, write, limiter=self._limiter
+            )
+            self._changes.notify(outcome.changed)
+        return outcome
 
     def statistics(self) -> dict[str, object]:
         """Counters for metrics: the state, and how many waiters watch how many paths."""

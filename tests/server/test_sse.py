@@ -196,10 +196,15 @@ async def test_keepalive_on_an_idle_stream(
         assert comments >= 3
 
 
+@pytest.mark.parametrize("http", ["auto", "hypercorn"])
 async def test_sigterm_ends_streams_with_a_control_event_then_eof(
-    server_factory: ServerFactory, database_url: str, anyio_backend: str
+    server_factory: ServerFactory, database_url: str, anyio_backend: str, http: str
 ) -> None:
-    server = server_factory(database_url, backend=anyio_backend, args=["--keepalive", "30"])
+    if anyio_backend == "trio" and http == "hypercorn":
+        pytest.skip("auto is hypercorn on trio: the same case as http=auto")
+    server = server_factory(
+        database_url, backend=anyio_backend, args=["--keepalive", "30", "--http", http]
+    )
     base = f"{server.url}/v1/stream"
     async with httpx.AsyncClient(timeout=10) as client:
         await client.put(f"{base}/s", headers=JSON)
