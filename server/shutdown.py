@@ -45,14 +45,17 @@ class ShutdownSignal:
     def statistics(self) -> dict[str, int]:
         return {"waiting": len(self._scopes)}
 
-    async def wait_for_change(self, store: Store, path: str, offset: str, timeout: float) -> Wakeup:
-        """Wait for new data on ``path`` past ``offset``, ``timeout`` seconds, or shutdown."""
+    async def wait_for_change(
+        self, store: Store, path: str, offset: str, timeout: float, *, since: int | None = None
+    ) -> Wakeup:
+        """Wait for new data on ``path`` past ``offset``, ``timeout`` seconds, or shutdown
+        (``since``: see ``Store.wait_for_change``)."""
         if self._started:
             return Wakeup.SHUTDOWN
         with anyio.CancelScope() as scope:
             self._scopes.add(scope)
             try:
-                changed = await store.wait_for_change(path, offset, timeout)
+                changed = await store.wait_for_change(path, offset, timeout, since=since)
             finally:
                 self._scopes.discard(scope)
         if scope.cancelled_caught:

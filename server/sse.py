@@ -186,6 +186,7 @@ class EventStream:
             if self.shutdown.started:
                 await write(self._control(up_to_date=False))
                 return
+            mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
             if result.messages:
                 await write(data_event(result.messages, self.encoding))
@@ -195,7 +196,7 @@ class EventStream:
             first = False
             if not result.up_to_date:
                 continue
-            if not await self._wait_live(write):
+            if not await self._wait_live(write, mark):
                 await write(self._control(up_to_date=True))
                 return
 
@@ -205,7 +206,7 @@ class EventStream:
             return (await self.store.stream(self.path)).tail_offset
         return offset
 
-    async def _wait_live(self, write: Write) -> bool:
+    async def _wait_live(self, write: Write, mark: int) -> bool:
         """Wait for new data, writing keepalives; return False when the server shuts down.
 
         One store wait stays open across keepalive ticks, and a timer beside it writes the
@@ -221,8 +222,10 @@ class EventStream:
                     await write(KEEPALIVE)
 
             tg.start_soon(keepalives)
+            # The mark was taken before the read that found the tail: unless the path changed
+            # since, the wait trusts that read instead of looking at the tail again.
             wakeup = await self.shutdown.wait_for_change(
-                self.store, self.path, self.offset, math.inf
+                self.store, self.path, self.offset, math.inf, since=mark
             )
             tg.cancel_scope.cancel()
         # With no timeout, anything but CHANGED means the server or its store is closing.

@@ -312,11 +312,12 @@ async def _long_poll(
     request: Request, ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | None
 ) -> Response:
     start = await _start_offset(ctx, meta, offset)
+    mark = ctx.store.change_mark(meta.path)
     result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
     if not result.messages:
         start = await _real_tail(ctx, meta.path, result.next_offset)
         wakeup = await ctx.shutdown.wait_for_change(
-            ctx.store, meta.path, start, ctx.config.long_poll_timeout
+            ctx.store, meta.path, start, ctx.config.long_poll_timeout, since=mark
         )
         if wakeup is Wakeup.CHANGED:
             result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)

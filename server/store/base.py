@@ -210,13 +210,24 @@ class Store(Protocol):
         """Delete a stream and its messages and links, or ``NotFound``."""
         ...
 
-    async def wait_for_change(self, path: str, offset: str, timeout: float) -> bool:
+    def change_mark(self, path: str) -> int:
+        """Return a mark of the changes announced for ``path`` so far, for
+        ``wait_for_change(since=...)``."""
+        ...
+
+    async def wait_for_change(
+        self, path: str, offset: str, timeout: float, *, since: int | None = None
+    ) -> bool:
         """Wait until ``path``'s tail moves past ``offset``, it is deleted, or ``timeout``
         seconds pass; return True when something changed. Never polls on a timer.
 
         Returns at once (True) when the tail is already past ``offset`` or the stream does
         not exist; ``NOW_OFFSET`` means "past the tail as it is now". Returns False on timeout
-        and when the store closes."""
+        and when the store closes.
+
+        ``since``: a :meth:`change_mark` taken before the read that found ``offset`` to be the
+        tail. When no change of ``path`` was announced since, the store trusts that read
+        instead of looking at the tail again."""
         ...
 
     # subscriptions ------------------------------------------------------------------------

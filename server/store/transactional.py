@@ -220,7 +220,12 @@ class TransactionalStore:
     async def delete_stream(self, path: str) -> None:
         await self._call(logic.delete_stream, path)
 
-    async def wait_for_change(self, path: str, offset: str, timeout: float) -> bool:
+    def change_mark(self, path: str) -> int:
+        return self._changes.mark(path)
+
+    async def wait_for_change(
+        self, path: str, offset: str, timeout: float, *, since: int | None = None
+    ) -> bool:
         position: int | None = None
         if offset not in (START_OFFSET, NOW_OFFSET):
             position = parse_offset(offset)
@@ -230,11 +235,17 @@ class TransactionalStore:
         while True:
             # Watch first, then look: a change committed in between is still announced.
             with self._changes.watch(path) as watch:
-                tail = await self._call(logic.stream_tail, path, write=False)
-                if position is None:
-                    position = tail
-                if tail is None or position is None or tail > position:
-                    return True
+                if since is not None and position is not None and self.change_mark(path) == since:
+                    # Nothing was announced for the path since the caller's read began, so
+                    # that read saw the tail: wait without looking (one query less per wake).
+                    since = None
+                else:
+                    since = None
+                    tail = await self._call(logic.stream_tail, path, write=False)
+                    if position is None:
+                        position = tail
+                    if tail is None or position is None or tail > position:
+                        return True
                 while True:
                     with anyio.move_on_at(deadline):
                         await watch.event.wait()
