@@ -78,31 +78,29 @@ def not_below(key: str) -> Callable[[float, dict[str, Figure]], bool]:
 
 
 WHY_LATENCY = (
-    "the runner's own share (the reference column) plus pullwake's server CPU for the "
-    "append, the SSE push and the claim, each several times a bare hypercorn request; see "
-    "[the analysis](#analysis-wake-latency)"
+    "the runner's own share (the reference column: the runner's HTTP client alone costs over "
+    "a millisecond per exchange here, see the floor) plus pullwake's server CPU for the "
+    "append, the SSE push and the claim; see [the analysis](#analysis-wake-latency)"
 )
 WHY_REFERENCE = (
-    "the reference server (Node, in memory) spends about a tenth of the CPU per request that "
-    "pullwake's server does; see [the analysis](#analysis-throughput)"
+    "the reference server (Node, in memory) spends a fraction of the CPU per request that "
+    "pullwake's server does (the server-CPU table); see [the analysis](#analysis-throughput)"
 )
 WHY_THROUGHPUT = (
-    "server CPU per cycle: even with a whole core (the ceiling row) one server process stays "
-    "far below; see [the analysis](#analysis-throughput)"
+    "CPU per cycle: the server's ceiling row (a whole core to itself) and the runner's own "
+    "cost per wake are both far from 1 ms on this machine; see "
+    "[the analysis](#analysis-throughput)"
 )
 WHY_KEEPALIVE = (
-    "every keepalive ends the store wait and starts a new one, a store query through a "
-    "worker thread; a fix in `server/sse.py` is measured in "
-    "[the analysis](#analysis-connection-scale)"
+    "keepalive writes through the ASGI stack; see [the analysis](#analysis-connection-scale)"
 )
 WHY_RECONNECT = (
-    "the reconnect backoff keeps doubling while the server is down, so the runner may be "
-    "in a long wait when it returns; see "
+    "the reconnect depends on when the runner's next probe lands; see "
     "[the analysis](#analysis-failure-detection-and-recovery)"
 )
 WHY_SILENT = (
-    "the read timeout (10 s) is a little over three keepalives (9 s): detection takes 7–10 s "
-    "after the fault; see [the analysis](#analysis-failure-detection-and-recovery)"
+    "silence is counted from the last byte, up to one keepalive before the fault; see "
+    "[the analysis](#analysis-failure-detection-and-recovery)"
 )
 WHY_RUNNER = "see [the analysis](#analysis-runner-cost)"
 

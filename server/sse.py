@@ -188,11 +188,11 @@ class EventStream:
                 return
             mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
-            if result.messages:
-                await write(data_event(result.messages, self.encoding))
             if result.messages or first:
                 self.offset = await self._real_offset(result.next_offset)
-                await write(self._control(result.up_to_date))
+                # The data and its control event in one write (one send, one segment).
+                data = data_event(result.messages, self.encoding) if result.messages else b""
+                await write(data + self._control(result.up_to_date))
             first = False
             if not result.up_to_date:
                 continue

@@ -15,6 +15,7 @@ import pytest
 
 from pullwake.server.config import ServerConfig
 from pullwake.server.store import Store
+from pullwake.server.store.transactional import TransactionalStore
 from tests.fixtures.servers import app_client
 from tests.server import expect
 from tests.server.expect import JSON, STREAMS
@@ -287,7 +288,11 @@ async def test_long_poll_at_now_waits_for_the_next_append(opened_store: Store) -
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(poll)
-                await anyio.wait_all_tasks_blocked()
+                # Append only once the poll waits in the store: "now" is the tail when the
+                # server takes the request, so an earlier append would be before it.
+                assert isinstance(opened_store, TransactionalStore)
+                while opened_store.statistics()["waiters"] < 1:  # noqa: ASYNC110  (bounded)
+                    await anyio.sleep(0.005)
                 await expect.append_json(client, "lp", "new")
         assert answers[0].status_code == 200
         assert answers[0].json() == ["new"]
