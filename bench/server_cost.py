@@ -51,18 +51,9 @@ def serve_bare(kind: str) -> None:
     if kind == "uvicorn":
         import uvicorn
 
-        config = uvicorn.Config(
-            app,
-            fd=sock.fileno(),
-            http="httptools",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,
-            timeout_keep_alive=5,
-        )
+        from pullwake.server.http_uvicorn import UVICORN_SETTINGS
+
+        config = uvicorn.Config(app, fd=sock.fileno(), http="httptools", **UVICORN_SETTINGS)
         uvicorn.Server(config).run()
         return
     from hypercorn.asyncio import serve

@@ -34,6 +34,18 @@ from pullwake.server.config import ServerConfig
 #: The largest request line plus headers accepted (431 beyond it).
 MAX_HEAD_BYTES = 64 * 1024
 
+#: How pullwake runs uvicorn (bench/server_cost.py serves its bare app with the same).
+UVICORN_SETTINGS: dict[str, Any] = {
+    "ws": "none",
+    "lifespan": "off",
+    # Logging is the application's: uvicorn's loggers propagate to its handlers.
+    "log_config": None,
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+    "timeout_keep_alive": 5,
+}
+
 
 def error_answer(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> bytes:
     """Encode a complete ``Connection: close`` answer with this server's JSON error body."""
@@ -134,15 +146,8 @@ async def serve_uvicorn(
     uvicorn_config = uvicorn.Config(
         app,
         http=BoundedHttpToolsProtocol,
-        ws="none",
-        lifespan="off",
-        # Logging is the application's: uvicorn's loggers propagate to its handlers.
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=5,
         timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_grace)),
+        **UVICORN_SETTINGS,
     )
     server = EmbeddedUvicorn(uvicorn_config)
     async with anyio.create_task_group() as tg:

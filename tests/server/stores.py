@@ -11,10 +11,12 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from pullwake.server.store import Store, open_store
 from pullwake.server.store.base import AckItem, Claim, SubscriptionConfig
+from pullwake.server.store.transactional import TransactionalStore
 
 #: A fixed clock origin: tests pass explicit ``now_ms`` values, never read the wall clock.
 T0 = 1_700_000_000_000
@@ -90,3 +92,24 @@ async def ack_all(
         sub_id, claim.token, claim.wake_id, claim.generation, acks, done, now_ms
     )
     return result.next_wake
+
+
+async def wait_until_parked(store: Store, waiters: int = 1) -> None:
+    """Wait (bounded) until ``waiters`` wait_for_change calls are parked on the store."""
+    assert isinstance(store, TransactionalStore)
+    with anyio.fail_after(10):
+        while store.statistics()["waiters"] < waiters:  # noqa: ASYNC110  (bounded test probe)
+            await anyio.sleep(0.005)
+
+
+def counting(store: TransactionalStore) -> list[str]:
+    """Record the rule behind every store call from now on."""
+    calls: list[str] = []
+    real_call = store._call
+
+    async def counting_call(body, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(body.__name__)
+        return await real_call(body, *args, **kwargs)
+
+    store._call = counting_call  # type: ignore[method-assign]
+    return calls

@@ -8,12 +8,15 @@ import pytest
 
 from pullwake.server.store import Store
 from pullwake.server.store.changes import REMEMBERED, ChangeBoard
+from pullwake.server.store.offsets import parse_offset
 from pullwake.server.store.transactional import TransactionalStore
 from tests.server.stores import (  # noqa: F401
     T0,
+    counting,
     store_factory_fixture,
     store_fixture,
     store_url_fixture,
+    wait_until_parked,
 )
 
 pytestmark = pytest.mark.anyio
@@ -67,19 +70,6 @@ async def test_watches_hear_the_highest_announced_tail() -> None:
         assert watch.unknown
 
 
-def counting(store: TransactionalStore) -> list[str]:
-    """Record the rule behind every store call from now on."""
-    calls: list[str] = []
-    real_call = store._call
-
-    async def counting_call(body, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(body.__name__)
-        return await real_call(body, *args, **kwargs)
-
-    store._call = counting_call  # type: ignore[method-assign]
-    return calls
-
-
 async def test_an_unchanged_mark_lets_the_wait_skip_its_look(store: Store) -> None:
     assert isinstance(store, TransactionalStore)
     await store.create_stream("s", "application/json", T0)
@@ -94,8 +84,7 @@ async def test_an_unchanged_mark_lets_the_wait_skip_its_look(store: Store) -> No
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
-            while store.statistics()["waiters"] < 1:  # noqa: ASYNC110  (bounded test probe)
-                await anyio.sleep(0.005)
+            await wait_until_parked(store)
             await store.append("s", [b"1"], T0)
     assert results == [True]
     assert calls == ["append"]
@@ -113,3 +102,51 @@ async def test_a_change_after_the_mark_is_not_missed(store: Store) -> None:
     with anyio.fail_after(10):
         assert await store.wait_for_change("s", tail, 30, since=mark) is True
     assert calls == ["stream_tail"]
+
+
+async def test_wait_for_change_trusts_an_announced_tail(store: Store) -> None:
+    """A local append announces its tail: the waiter returns without asking the store again,
+    and an announcement of a tail it has already seen does not wake it."""
+    assert isinstance(store, TransactionalStore)
+    await store.create_stream("s", "application/json", T0)
+    first = await store.append("s", [b"1"], T0)
+    calls = counting(store)
+    results: list[bool] = []
+
+    async def wait() -> None:
+        results.append(await store.wait_for_change("s", first.next_offset, 30))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await wait_until_parked(store)
+            # An older change (the tail the waiter already stands on): it keeps waiting.
+            store._changes.notify({"s": parse_offset(first.next_offset)})
+            await anyio.sleep(0.05)
+            assert results == []
+            await store.append("s", [b"2"], T0)
+    assert results == [True]
+    # One look when the wait began, then the append; no second look after the announcement.
+    assert calls == ["stream_tail", "append"]
+
+
+async def test_wait_for_change_looks_again_after_an_unannounced_change(store: Store) -> None:
+    """A notification without a tail (a delete, another server process, a listener that
+    reconnected) makes the waiter look at the store; nothing new there, it waits on."""
+    assert isinstance(store, TransactionalStore)
+    _, meta = await store.create_stream("s", "application/json", T0)
+    results: list[bool] = []
+
+    async def wait() -> None:
+        results.append(await store.wait_for_change("s", meta.tail_offset, 30))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await wait_until_parked(store)
+            store._changes.notify(["s"])
+            await anyio.sleep(0.05)
+            await wait_until_parked(store)
+            assert results == []
+            await store.append("s", [b"1"], T0)
+    assert results == [True]

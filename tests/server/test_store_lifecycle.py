@@ -9,8 +9,6 @@ import pytest
 from pullwake.server.errors import Conflict, StoreUnavailable
 from pullwake.server.store import Store, open_store
 from pullwake.server.store.base import AckItem, Claim
-from pullwake.server.store.offsets import parse_offset
-from pullwake.server.store.transactional import TransactionalStore
 from tests.server.stores import (
     T0,
     StoreFactory,
@@ -19,18 +17,11 @@ from tests.server.stores import (
     store_factory_fixture,  # noqa: F401
     store_fixture,  # noqa: F401
     store_url_fixture,  # noqa: F401
+    wait_until_parked,
     wake_events,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until_parked(store: Store, waiters: int = 1) -> None:
-    """Wait (bounded) until ``waiters`` wait_for_change calls are parked on the store."""
-    assert isinstance(store, TransactionalStore)
-    with anyio.fail_after(10):
-        while store.statistics()["waiters"] < waiters:  # noqa: ASYNC110  (bounded test probe)
-            await anyio.sleep(0.005)
 
 
 async def test_state_survives_close_and_reopen(store_url: str) -> None:
@@ -135,61 +126,6 @@ async def test_wait_for_change_times_out(store: Store) -> None:
     with anyio.fail_after(5):
         assert await store.wait_for_change("s", meta.tail_offset, 0.05) is False
         assert await store.wait_for_change("s", "now", 0) is False
-
-
-async def test_wait_for_change_trusts_an_announced_tail(store: Store) -> None:
-    """A local append announces its tail: the waiter returns without asking the store again,
-    and an announcement of a tail it has already seen does not wake it."""
-    assert isinstance(store, TransactionalStore)
-    await store.create_stream("s", "application/json", T0)
-    first = await store.append("s", [b"1"], T0)
-    calls: list[str] = []
-    real_call = store._call
-
-    async def counting_call(body, *args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append(body.__name__)
-        return await real_call(body, *args, **kwargs)
-
-    store._call = counting_call  # type: ignore[method-assign]
-    results: list[bool] = []
-
-    async def wait() -> None:
-        results.append(await store.wait_for_change("s", first.next_offset, 30))
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await wait_until_parked(store)
-            # An older change (the tail the waiter already stands on): it keeps waiting.
-            store._changes.notify({"s": parse_offset(first.next_offset)})
-            await anyio.sleep(0.05)
-            assert results == []
-            await store.append("s", [b"2"], T0)
-    assert results == [True]
-    # One look when the wait began, then the append; no second look after the announcement.
-    assert calls == ["stream_tail", "append"]
-
-
-async def test_wait_for_change_looks_again_after_an_unannounced_change(store: Store) -> None:
-    """A notification without a tail (a delete, another server process, a listener that
-    reconnected) makes the waiter look at the store; nothing new there, it waits on."""
-    assert isinstance(store, TransactionalStore)
-    _, meta = await store.create_stream("s", "application/json", T0)
-    results: list[bool] = []
-
-    async def wait() -> None:
-        results.append(await store.wait_for_change("s", meta.tail_offset, 30))
-
-    with anyio.fail_after(10):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait)
-            await wait_until_parked(store)
-            store._changes.notify(["s"])
-            await anyio.sleep(0.05)
-            await wait_until_parked(store)
-            assert results == []
-            await store.append("s", [b"1"], T0)
-    assert results == [True]
 
 
 async def test_wait_for_change_wakes_on_delete_and_wake_appends(store: Store) -> None:

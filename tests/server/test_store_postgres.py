@@ -12,15 +12,9 @@ from pullwake.server.store import logic
 from pullwake.server.store.base import SubscriptionConfig
 from pullwake.server.store.postgres import PostgresStore, PostgresTransaction
 from tests.fixtures.postgres import PostgresServer
-from tests.server.stores import T0, wake_events
+from tests.server.stores import T0, wait_until_parked, wake_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
-
-
-async def wait_until_parked(store: PostgresStore, waiters: int = 1) -> None:
-    with anyio.fail_after(10):
-        while store.statistics()["waiters"] < waiters:  # noqa: ASYNC110  (bounded test probe)
-            await anyio.sleep(0.005)
 
 
 async def test_a_notify_from_one_store_wakes_a_waiter_on_another(postgres_dsn: str) -> None:
