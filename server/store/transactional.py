@@ -235,17 +235,17 @@ class TransactionalStore:
         while True:
             # Watch first, then look: a change committed in between is still announced.
             with self._changes.watch(path) as watch:
-                if since is not None and position is not None and self.change_mark(path) == since:
-                    # Nothing was announced for the path since the caller's read began, so
-                    # that read saw the tail: wait without looking (one query less per wake).
-                    since = None
-                else:
-                    since = None
+                # Nothing announced for the path since the caller's read began: that read saw
+                # the tail, so wait without looking (one query less per wake). Only once.
+                trusted = position is not None and since == self.change_mark(path)
+                since = None
+                if not trusted:
                     tail = await self._call(logic.stream_tail, path, write=False)
                     if position is None:
                         position = tail
                     if tail is None or position is None or tail > position:
                         return True
+                assert position is not None  # trusted needs one; a look set it or returned
                 while True:
                     with anyio.move_on_at(deadline):
                         await watch.event.wait()
