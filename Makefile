@@ -37,6 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@rm -rf $(VENV)/typecheck && mkdir -p $(VENV)/typecheck/pullwake
 	@for f in pullwake/*.py pullwake/py.typed; do ln -s "$(CURDIR)/$$f" $(VENV)/typecheck/pullwake/; done
+	@ln -s "$(CURDIR)/pullwake/testing" $(VENV)/typecheck/pullwake/testing
 	@ln -s "$(CURDIR)/machines" $(VENV)/typecheck/pullwake/machines
 	@ln -s "$(CURDIR)/runtime" $(VENV)/typecheck/pullwake/runtime
 	@ln -s "$(CURDIR)/server" $(VENV)/typecheck/pullwake/server
@@ -65,7 +66,7 @@ SEED     ?= 1
 .PHONY: faults soak
 
 faults: $(STAMP) postgres-tools
-	$(PY) -m tests.e2e.reliability faults --rounds 2 --write docs/reliability.md
+	$(PY) bench/reliability.py faults --rounds 2 --write docs/reliability.md
 
 soak: $(STAMP) postgres-tools
-	$(PY) -m tests.e2e.reliability soak --duration $(DURATION) --seed $(SEED)
+	$(PY) bench/reliability.py soak --duration $(DURATION) --seed $(SEED)

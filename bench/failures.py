@@ -24,7 +24,7 @@ one run. The faults:
   sends no keepalive). Detection: from the SIGSTOP to the runner leaving ``streaming``.
   SIGCONT 2 s after the last runner of the group noticed.
 - **hung connect**: the runners reach the server through a TCP proxy
-  (``tests/fixtures/proxy.py``) that starts blackholing and resets the open connections, so
+  (``pullwake/testing/proxy.py``) that starts blackholing and resets the open connections, so
   each runner reconnects into a connection that is accepted and never answered. Detection:
   from entering ``connecting`` to leaving it. The proxy forwards again 2 s after the last
   runner of the group noticed.
@@ -51,7 +51,7 @@ from servers import pullwake_server
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.client import Timeouts
 from pullwake.runtime.runner import Runner, RunnerSettings
-from tests.fixtures.proxy import FaultProxy
+from pullwake.testing import FaultProxy
 
 CONFIGS: dict[str, RunnerSettings] = {
     "default": RunnerSettings(),

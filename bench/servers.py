@@ -1,11 +1,11 @@
-"""Start the servers the benchmarks compare, reusing the test suite's process fixtures.
+"""Start the servers the benchmarks compare, with the launchers of :mod:`pullwake.testing`.
 
-- ``pullwake server`` on SQLite or PostgreSQL: :class:`tests.fixtures.servers.ServerProcess`
+- ``pullwake server`` on SQLite or PostgreSQL: :class:`pullwake.testing.ServerProcess`
   (a ``python -m pullwake server --port 0`` subprocess, started when its listening line shows).
-- a throwaway PostgreSQL cluster: :class:`tests.fixtures.postgres.PostgresServer` (``initdb``
+- a throwaway PostgreSQL cluster: :func:`pullwake.testing.throwaway_postgres` (``initdb``
   into a temporary folder, as the ``postgres`` user when run as root; fsync off, as in tests).
-- the Durable Streams reference server (npm ``@durable-streams/server@0.3.7``, in memory),
-  installed into ``.venv/node`` on first use and started by ``tests/fixtures/reference_server.mjs``.
+- the Durable Streams reference server (npm ``@durable-streams/server@0.3.7``, in memory):
+  :class:`pullwake.testing.ReferenceServer`, installed into ``.venv/node`` on first use.
 
 :func:`target` starts the server of a name ("sqlite", "postgres", "reference"); scripts start
 one at a time, so only the server being measured runs. Everything started here is stopped on
@@ -18,28 +18,23 @@ import contextlib
 import os
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tests.fixtures.postgres import PostgresServer, _free_port, find_bindir  # noqa: E402
-from tests.fixtures.servers import (  # noqa: E402
+from pullwake.testing import (
     REFERENCE_PACKAGE,
-    REFERENCE_PREFIX,
-    START_TIMEOUT,
+    PostgresServer,
+    ReferenceServer,
     ServerProcess,
-    _read_line_until,
-    reference_package_entry,
+    ToolMissing,
+    throwaway_postgres,
 )
+from pullwake.testing.reference import installed_version
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = [
     "NAMES",
@@ -110,76 +105,24 @@ def pullwake_server(
 @contextlib.contextmanager
 def postgres_cluster() -> Iterator[PostgresServer]:
     """Run a throwaway PostgreSQL cluster (durability off, like the tests' cluster)."""
-    bindir = find_bindir()
-    if bindir is None:
-        raise SystemExit(
-            "PostgreSQL is not installed (no initdb/pg_ctl): run `make postgres-tools` or "
-            "`apt-get install postgresql`"
-        )
-    with workdir("pullwake-bench-pg-") as root:
-        server = PostgresServer(bindir, root)
+    with contextlib.ExitStack() as stack:
         try:
-            server.init()
-            for attempt in range(3):
-                try:
-                    server.start()
-                    break
-                except RuntimeError:
-                    if attempt == 2:
-                        raise
-                    server.port = _free_port()
-            yield server
-        finally:
-            with contextlib.suppress(Exception):
-                server.stop("immediate")
-
-
-@attrs.define
-class ReferenceProcess:
-    proc: subprocess.Popen[str]
-    url: str
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+            server = stack.enter_context(throwaway_postgres(prefix="pullwake-bench-pg-"))
+        except ToolMissing as exc:
+            raise SystemExit(str(exc)) from None
+        yield server
 
 
 @contextlib.contextmanager
-def reference_server() -> Iterator[ReferenceProcess]:
+def reference_server() -> Iterator[ReferenceServer]:
     """Run the Durable Streams reference server (npm) on 127.0.0.1."""
-    entry = reference_package_entry()
-    script = REPO_ROOT / "tests" / "fixtures" / "reference_server.mjs"
-    proc = subprocess.Popen(
-        ["node", str(script), str(entry)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=entry.parents[4],
-    )
-    try:
-        url = _read_line_until(proc, REFERENCE_PREFIX, time.monotonic() + START_TIMEOUT)
-        yield ReferenceProcess(proc, url)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+    with ReferenceServer() as server:
+        yield server
 
 
 def reference_version() -> str:
     """Return the installed reference server's version (installing it if needed)."""
-    entry = reference_package_entry()
-    import json
-
-    package = json.loads((entry.parents[1] / "package.json").read_text())
-    return f"{package['name']}@{package['version']}"
+    return installed_version()
 
 
 @contextlib.contextmanager

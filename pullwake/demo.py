@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +20,12 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import httpx
 
 from pullwake.machines.diagram import mermaid
 from pullwake.machines.lifecycle import LIFECYCLE
 from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
 from pullwake.runtime.actor import TransitionRecord, describe
+from pullwake.testing import AdminClient, ServerProcess
 
 STREAMS = ("orders/berlin", "orders/lisbon", "orders/oslo")
 PER_ROUND = 4
@@ -36,64 +33,16 @@ WAKE_STREAM = "wake/demo"
 RUNNER_ID = "demo-worker"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """A ``pullwake server`` child process on a fixed port and database."""
-
-    def __init__(self, port: int, database: Path) -> None:
-        self.port = port
-        self.database = database
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "pullwake",
-            "server",
-            "--port",
-            str(self.port),
-            "--database",
-            f"sqlite:///{self.database}",
-            "--keepalive",
-            "1",
-        ]
-        self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "pullwake server listening on http://..."
-        if "listening on" not in line:
-            raise RuntimeError(f"the server did not start: {line!r}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=10)
-
-
 async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pullwake-demo-") as tmp:
-        server = ServerProcess(free_port(), Path(tmp) / "demo.db")
+        database = f"sqlite:///{Path(tmp) / 'demo.db'}"
+        server = ServerProcess(database, log_dir=Path(tmp), args=["--keepalive", "1"])
         await anyio.to_thread.run_sync(server.start)
         print(f"server  listening on {server.url} (SQLite in a temporary directory)")
         try:
             return await run_demo(server)
         finally:
-            if server.proc is not None and server.proc.poll() is None:
-                server.proc.kill()
-                server.proc.wait()
+            await anyio.to_thread.run_sync(server.close)
 
 
 async def run_demo(server: ServerProcess) -> int:
@@ -116,12 +65,10 @@ async def run_demo(server: ServerProcess) -> int:
         if record.kind == "transition":
             print(f"runner  {describe(record)}")
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=5.0) as http:
+    async with AdminClient(server.url) as admin:
+        http = admin.http
         for path in (*STREAMS, WAKE_STREAM):
-            response = await http.put(
-                f"/v1/stream/{path}", headers={"Content-Type": "application/json"}
-            )
-            response.raise_for_status()
+            await admin.create_stream(path)
 
         runner = Runner(
             server.url,
@@ -134,7 +81,7 @@ async def run_demo(server: ServerProcess) -> int:
         )
         async with runner:
             await runner.wait_state("streaming")
-            await produce(http, round_no=1)
+            await produce(admin, round_no=1)
             with anyio.fail_after(30):
                 await rounds[per_round].wait()
 
@@ -144,7 +91,7 @@ async def run_demo(server: ServerProcess) -> int:
             await anyio.sleep(1.0)
             print("demo    -- start the server again (same port, same database) --")
             await anyio.to_thread.run_sync(server.start)
-            await produce(http, round_no=2)
+            await produce(admin, round_no=2)
             with anyio.fail_after(60):
                 await rounds[expected].wait()
             await runner.wait_state("streaming")
@@ -168,14 +115,10 @@ async def run_demo(server: ServerProcess) -> int:
     return 0 if lost == 0 and duplicated == 0 and code == 0 else 1
 
 
-async def produce(http: httpx.AsyncClient, round_no: int) -> None:
+async def produce(admin: AdminClient, round_no: int) -> None:
     for i in range(PER_ROUND):
         for path in STREAMS:
-            order = {"city": path.split("/")[1], "round": round_no, "n": i}
-            response = await http.post(
-                f"/v1/stream/{path}", json=order, headers={"Content-Type": "application/json"}
-            )
-            response.raise_for_status()
+            await admin.append(path, {"city": path.split("/")[1], "round": round_no, "n": i})
     print(f"produce appended {PER_ROUND * len(STREAMS)} orders (round {round_no})")
 
 

@@ -11,25 +11,31 @@ ignored cancellation at stop (the process then exits without waiting for them, s
 claims are already released).
 
 The token may come from ``PULLWAKE_TOKEN`` instead of ``--token`` (which ``ps`` shows).
+``--transitions-log FILE`` (or ``PULLWAKE_TRANSITIONS_LOG``) also appends every lifecycle record
+to ``FILE`` as a JSON line (``runtime/transitions_log.py``), for tools that watch the runner.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 
+from .actor import TransitionRecord
 from .backoff import Backoff
 from .client import Timeouts
 from .errors import RuntimeFailure, StopTimeout
 from .offsets import FileOffsetStore
 from .runner import Runner, RunnerSettings
+from .transitions_log import TransitionsLog
 
 __all__ = ["add_arguments", "load_handler", "run"]
 
@@ -95,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest wait between reconnects (%(default)s)",
     )
     parser.add_argument("--label", help="a label shown in the registry")
+    parser.add_argument(
+        "--transitions-log",
+        metavar="FILE",
+        default=os.environ.get("PULLWAKE_TRANSITIONS_LOG") or None,
+        help="append every lifecycle record to FILE as a JSON line (or PULLWAKE_TRANSITIONS_LOG)",
+    )
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -122,8 +134,13 @@ def load_handler(spec: str) -> Any:
     return target
 
 
-def build_runner(args: argparse.Namespace, handler: Any) -> Runner:
-    """Make the runner the options describe."""
+def build_runner(
+    args: argparse.Namespace,
+    handler: Any,
+    *,
+    inspect: Callable[[TransitionRecord], None] | None = None,
+) -> Runner:
+    """Make the runner the options describe (``inspect``: its record hook, if any)."""
     defaults = RunnerSettings()
     settings = RunnerSettings(
         heartbeat_interval=args.heartbeat_interval,
@@ -146,6 +163,7 @@ def build_runner(args: argparse.Namespace, handler: Any) -> Runner:
         offset_store=FileOffsetStore(args.offset_file) if args.offset_file else None,
         settings=settings,
         label=args.label,
+        inspect=inspect,
     )
 
 
@@ -182,14 +200,22 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    with contextlib.ExitStack() as stack:
+        try:
+            log = args.transitions_log
+            hook = stack.enter_context(TransitionsLog(log)) if log else None
+            handler = load_handler(args.handler)
+            runner = build_runner(args, handler, inspect=hook)
+        except (HandlerImportError, ValueError, TypeError, OSError) as exc:
+            print(f"pullwake run: {exc}", file=sys.stderr)
+            return 2
+        return _serve_runner(runner, args.backend)
+
+
+def _serve_runner(runner: Runner, backend: str) -> int:
+    """Run ``serve(runner)`` on ``backend``; map the runner's failures to exit statuses."""
     try:
-        handler = load_handler(args.handler)
-        runner = build_runner(args, handler)
-    except (HandlerImportError, ValueError, TypeError) as exc:
-        print(f"pullwake run: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return int(anyio.run(serve, runner, backend=args.backend))
+        return int(anyio.run(serve, runner, backend=backend))
     except RuntimeFailure as exc:
         print(f"pullwake run: {exc}", file=sys.stderr)
         return 1

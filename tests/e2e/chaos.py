@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import attrs
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .faults import (
     Blackhole,
@@ -73,11 +73,16 @@ def soak_topology(database: str, backend: str) -> Topology:
         globbed = (f"jobs/{group}/g/0", f"jobs/{group}/g/1")
         streams += [*explicit, *globbed]
         subscriptions.append(
-            SubscriptionSpec(f"{group}-e", wake, streams=explicit, lease_ttl_ms=LEASE_TTL_MS)
+            SubscriptionSpec(
+                f"{group}-e", wake_stream=wake, streams=explicit, lease_ttl_ms=LEASE_TTL_MS
+            )
         )
         subscriptions.append(
             SubscriptionSpec(
-                f"{group}-g", wake, pattern=f"jobs/{group}/g/*", lease_ttl_ms=LEASE_TTL_MS
+                f"{group}-g",
+                wake_stream=wake,
+                pattern=f"jobs/{group}/g/*",
+                lease_ttl_ms=LEASE_TTL_MS,
             )
         )
         if index == 0:
@@ -85,7 +90,9 @@ def soak_topology(database: str, backend: str) -> Topology:
             single = (f"jobs/{group}/x",)
             streams += single
             subscriptions.append(
-                SubscriptionSpec(f"{group}-x", wake, streams=single, lease_ttl_ms=LEASE_TTL_MS)
+                SubscriptionSpec(
+                    f"{group}-x", wake_stream=wake, streams=single, lease_ttl_ms=LEASE_TTL_MS
+                )
             )
     servers = 2 if database == "postgres" else 1
     return Topology(

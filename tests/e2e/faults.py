@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 import attrs
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .harness import (
     Cluster,
@@ -109,8 +109,8 @@ class Fault:
     def detect(self, case: Case, claims: Sequence[ClaimRecord]) -> float | None:
         """Seconds until the runner left ``streaming`` after the fault (None: it did not)."""
         for step in case.runner.transitions():
-            if step.at >= case.injected_at - 0.01 and step.source == "streaming":
-                return max(0.0, step.at - case.injected_at)
+            if step.time >= case.injected_at - 0.01 and step.source[-1] == "streaming":
+                return max(0.0, step.time - case.injected_at)
         return None
 
 
@@ -375,8 +375,12 @@ def matrix_topology(database: str, backend: str, fault: Fault) -> Topology:
         servers=2 if database == "postgres" else 1,
         runners=(RunnerSpec(RUNNER, wake),),
         subscriptions=(
-            SubscriptionSpec("a", wake, streams=STREAMS[:2], lease_ttl_ms=fault.lease_ttl_ms),
-            SubscriptionSpec("b", wake, pattern="jobs/b/*", lease_ttl_ms=fault.lease_ttl_ms),
+            SubscriptionSpec(
+                "a", wake_stream=wake, streams=STREAMS[:2], lease_ttl_ms=fault.lease_ttl_ms
+            ),
+            SubscriptionSpec(
+                "b", wake_stream=wake, pattern="jobs/b/*", lease_ttl_ms=fault.lease_ttl_ms
+            ),
         ),
         streams=STREAMS,
         hold=fault.hold,

@@ -5,11 +5,13 @@ Theory of operation
 A :class:`Cluster` is one deployment on 127.0.0.1, described by a :class:`Topology`:
 
 - one ``pullwake server`` process on SQLite, or several on one PostgreSQL database
-  (:class:`~tests.fixtures.servers.ServerProcess`, restartable on the same port);
-- one :class:`~tests.e2e.gateway.FaultGateway` per server, in this process: runners reach the
+  (:class:`~pullwake.testing.ServerProcess`, restartable on the same port);
+- one :class:`~pullwake.testing.FaultGateway` per server, in this process: runners reach the
   servers only through these, so the network between them can be broken on demand;
 - runner processes (:class:`RunnerProcess`: ``pullwake run tests.e2e.ledger:handle``), each
-  with every gateway's URL, its own runner id and a wake stream (several may share one);
+  with every gateway's URL, its own runner id and a wake stream (several may share one); each
+  writes its lifecycle transitions as JSON lines (``--transitions-log``), which the harness
+  reads to learn a runner's state;
 - a :class:`Producer` that appends numbered messages straight to the servers (not through the
   gateways) and makes sure each is appended exactly once even when an answer is lost.
 
@@ -28,14 +30,8 @@ exit kills whatever is still running, also when the test failed.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import math
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -48,11 +44,16 @@ import anyio.abc
 import attrs
 import httpx
 
-from tests.fixtures.postgres import PostgresServer
-from tests.fixtures.servers import REPO_ROOT, STOP_TIMEOUT, ServerProcess
-from tests.runtime.waiting import wait_until_async
+from pullwake.runtime import SubscriptionSpec
+from pullwake.testing import (
+    FaultGateway,
+    PostgresServer,
+    ServerProcess,
+    subscription_body,
+    wait_until,
+)
+from pullwake.testing import RunnerProcess as _RunnerProcess
 
-from .gateway import FaultGateway
 from .ledger import (
     HOLD_ENV,
     LEDGER_ENV,
@@ -64,9 +65,25 @@ from .ledger import (
     read_ledgers,
 )
 
+__all__ = [
+    "Cluster",
+    "Producer",
+    "RunnerProcess",
+    "RunnerSpec",
+    "SubscriptionSpec",
+    "Topology",
+    "Tuning",
+    "Verdict",
+    "wait_for",
+]
+
 JSON = {"Content-Type": "application/json"}
 SUBSCRIPTIONS = "/v1/stream/__ds/subscriptions"
 REQUEST_TIMEOUT = 5.0
+#: Where ``pullwake run`` finds ``tests.e2e.ledger`` (the runners' working directory).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Where the ledger handler lives, for ``pullwake run``.
+HANDLER = "tests.e2e.ledger:handle"
 
 
 async def wait_for(
@@ -74,7 +91,7 @@ async def wait_for(
 ) -> bool:
     """Poll ``predicate`` until it holds (True) or ``timeout`` passes (False)."""
     try:
-        await wait_until_async(predicate, timeout=timeout, interval=interval)
+        await wait_until(predicate, timeout=timeout, interval=interval)
     except TimeoutError:
         return False
     return True
@@ -127,27 +144,6 @@ class RunnerSpec:
 
 
 @attrs.frozen
-class SubscriptionSpec:
-    id: str
-    wake_stream: str
-    streams: tuple[str, ...] = ()
-    pattern: str | None = None
-    lease_ttl_ms: int = 15_000
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": "pull-wake",
-            "wake_stream": self.wake_stream,
-            "lease_ttl_ms": self.lease_ttl_ms,
-        }
-        if self.pattern is not None:
-            body["pattern"] = self.pattern
-        else:
-            body["streams"] = list(self.streams)
-        return body
-
-
-@attrs.frozen
 class Topology:
     """What a :class:`Cluster` starts."""
 
@@ -172,34 +168,9 @@ class Topology:
 
 # -- runner processes -----------------------------------------------------------------------
 
-_TRANSITION = re.compile(
-    r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO pullwake\.runner: (?P<id>\S+): "
-    r"(?P<source>\S+) --(?P<event>\w+)--> (?P<target>[^;\s]+)"
-)
 
-
-@attrs.frozen
-class Transition:
-    """One lifecycle transition a runner logged."""
-
-    at: float  # wall clock, seconds
-    source: str
-    event: str
-    target: str
-
-
-@attrs.define
-class Instance:
-    """One process of a runner: its pid and how it ended (``killed``, ``stopped``, ...)."""
-
-    pid: int
-    started_at: float
-    ended: str | None = None
-    exit_status: int | None = None
-
-
-class RunnerProcess:
-    """One runner (``pullwake run``), restartable; every process it had is an :class:`Instance`."""
+class RunnerProcess(_RunnerProcess):
+    """One e2e runner: ``pullwake run tests.e2e.ledger:handle`` writing into the ledger."""
 
     def __init__(
         self,
@@ -212,136 +183,24 @@ class RunnerProcess:
         tuning: Tuning,
         hold: float = 0.0,
     ) -> None:
+        super().__init__(
+            HANDLER,
+            urls,
+            runner_id=spec.id,
+            log_dir=workdir,
+            backend=backend,
+            args=["--wake-stream", spec.wake_stream, *tuning.runner_args()],
+            env={
+                LEDGER_ENV: str(ledger),
+                HOLD_ENV: str(hold),
+                "PULLWAKE_E2E_RUNNER": spec.id,
+            },
+            cwd=REPO_ROOT,
+        )
         self.spec = spec
-        self.id = spec.id
-        self.urls = list(urls)
-        self.backend = backend
         self.ledger = ledger
         self.tuning = tuning
         self.hold = hold
-        self.log_path = workdir / f"runner-{spec.id}.log"
-        # Invariant: the live process, or the last one (reaped) after it ended.
-        self.proc: subprocess.Popen[bytes] | None = None
-        # Invariant: one entry per process started, in order; the last is ``proc``'s.
-        self.instances: list[Instance] = []
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def command(self) -> list[str]:
-        urls = [arg for url in self.urls for arg in ("--url", url)]
-        return [
-            sys.executable,
-            "-m",
-            "pullwake",
-            "run",
-            "tests.e2e.ledger:handle",
-            *urls,
-            "--runner-id",
-            self.id,
-            "--wake-stream",
-            self.spec.wake_stream,
-            "--backend",
-            self.backend,
-            *self.tuning.runner_args(),
-        ]
-
-    def start(self) -> None:
-        assert not self.running, f"runner {self.id} is already running"
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            LEDGER_ENV: str(self.ledger),
-            HOLD_ENV: str(self.hold),
-            "PULLWAKE_E2E_RUNNER": self.id,
-        }
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start #{len(self.instances) + 1}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                cwd=REPO_ROOT,
-                env=env,
-            )
-        self.instances.append(Instance(self.proc.pid, time.time()))
-
-    def _ended(self, how: str) -> None:
-        assert self.proc is not None
-        instance = self.instances[-1]
-        if instance.ended is None:
-            instance.ended = how
-            instance.exit_status = self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the current process (no cleanup at all) and reap it."""
-        if self.running:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-            self._ended("killed")
-
-    def terminate(self, timeout: float = STOP_TIMEOUT + 5) -> int | None:
-        """SIGTERM (a clean stop) and wait for the exit status; SIGKILL if it does not come."""
-        if not self.running:
-            return None
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            status = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-            self._ended("hung at stop")
-            return None
-        self._ended("stopped")
-        return status
-
-    def close(self) -> None:
-        """Make sure no process is left (teardown)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=STOP_TIMEOUT)
-            self._ended("closed")
-        elif self.proc is not None:
-            self._ended("exited")
-
-    def killed_pids(self) -> list[int]:
-        return [i.pid for i in self.instances if i.ended == "killed"]
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def transitions(self) -> list[Transition]:
-        """Parse the lifecycle transitions of every instance from the log."""
-        found = []
-        for line in self.log_text().splitlines():
-            match = _TRANSITION.match(line)
-            if match is None:
-                continue
-            stamp = datetime.datetime.strptime(match["ts"], "%Y-%m-%d %H:%M:%S,%f")
-            found.append(
-                Transition(
-                    stamp.timestamp(),
-                    match["source"].rsplit("/", 1)[-1],
-                    match["event"],
-                    match["target"].rsplit("/", 1)[-1],
-                )
-            )
-        return found
-
-    def state(self) -> str:
-        """The leaf state after the last logged transition (``stopped`` before any)."""
-        steps = self.transitions()
-        return steps[-1].target if steps else "stopped"
 
 
 # -- the producer ---------------------------------------------------------------------------
@@ -609,11 +468,13 @@ class Cluster:
     async def _create_resources(self) -> None:
         topology = self.topology
         wake_streams = {r.wake_stream for r in topology.runners}
-        wake_streams |= {s.wake_stream for s in topology.subscriptions}
+        wake_streams |= {s.wake_stream for s in topology.subscriptions if s.wake_stream}
         for path in sorted(wake_streams) + list(topology.streams):
             await self.request("PUT", f"/v1/stream/{path}", headers=JSON, expect=(200, 201))
         for sub in topology.subscriptions:
-            await self.request("PUT", f"{SUBSCRIPTIONS}/{sub.id}", json=sub.body(), expect=(201,))
+            await self.request(
+                "PUT", f"{SUBSCRIPTIONS}/{sub.id}", json=subscription_body(sub), expect=(201,)
+            )
 
     async def _stop(self) -> None:
         """Kill every process and close everything (also after a failure or a cancellation).

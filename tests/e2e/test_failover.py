@@ -18,13 +18,15 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .harness import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.postgres]
 
 STREAMS = ("jobs/0", "jobs/1")
+#: The lease the harness gave subscriptions by default before they were runtime specs.
+LEASE_MS = 15_000
 
 
 def three_replicas(backend: str) -> Topology:
@@ -34,8 +36,10 @@ def three_replicas(backend: str) -> Topology:
         servers=3,
         runners=(RunnerSpec("r1", "wake/r1"),),
         subscriptions=(
-            SubscriptionSpec("a", "wake/r1", streams=STREAMS[:1]),
-            SubscriptionSpec("b", "wake/r1", pattern="jobs/1"),
+            SubscriptionSpec(
+                "a", wake_stream="wake/r1", streams=STREAMS[:1], lease_ttl_ms=LEASE_MS
+            ),
+            SubscriptionSpec("b", wake_stream="wake/r1", pattern="jobs/1", lease_ttl_ms=LEASE_MS),
         ),
         streams=STREAMS,
     )
@@ -82,7 +86,7 @@ async def test_the_runner_survives_the_death_of_its_server_and_of_the_next_one(
         assert not cluster.servers[attached].running
         assert not cluster.servers[following].running
 
-        steps = [(s.source, s.event) for s in runner.transitions()[steps_before:]]
+        steps = [(s.source[-1], s.event) for s in runner.transitions()[steps_before:]]
         # The stream to the killed server ended; the reconnect tried the dead next server and
         # failed; the one after that connected.
         assert ("streaming", "stream_ended") in steps

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .faults import FAULTS, Fault, RunnerKillMidHandler, check, run_case
 

@@ -9,9 +9,8 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
+from pullwake.testing import FaultGateway
 from tests.fixtures.servers import ServerFactory
-
-from .gateway import FaultGateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

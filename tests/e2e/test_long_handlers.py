@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .faults import Case, Refused
 from .harness import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
@@ -51,7 +51,9 @@ async def test_an_outage_shorter_than_the_lease_does_not_cost_a_long_handler_its
         servers=1,
         runners=(RunnerSpec("r1", "wake/r1"),),
         subscriptions=(
-            SubscriptionSpec("a", "wake/r1", streams=("jobs/a",), lease_ttl_ms=LEASE_MS),
+            SubscriptionSpec(
+                "a", wake_stream="wake/r1", streams=("jobs/a",), lease_ttl_ms=LEASE_MS
+            ),
         ),
         streams=("jobs/a",),
         hold=HOLD,

@@ -6,7 +6,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from tests.fixtures.proxy import FaultProxy
+from pullwake.testing import FaultProxy
 
 pytestmark = pytest.mark.anyio
 

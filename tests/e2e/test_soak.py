@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.postgres import PostgresServer
+from pullwake.testing import PostgresServer
 
 from .chaos import run_soak
 

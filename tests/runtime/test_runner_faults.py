@@ -19,7 +19,7 @@ from pullwake.runtime.client import Timeouts
 from pullwake.runtime.errors import ServerUnreachable
 from pullwake.runtime.offsets import MemoryOffsetStore
 from pullwake.runtime.runner import Runner
-from tests.fixtures.proxy import FaultProxy
+from pullwake.testing import FaultProxy
 from tests.fixtures.servers import ServerFactory, ServerProcess
 
 from .realserver import Collector, Producer, Transitions, fast_settings, wait_until

@@ -1,28 +1,25 @@
 """Wait for a condition the code under test does not signal: bounded in time and in count.
 
 Where the code offers an event (``wait_state``, ``wait_idle``, ``ManualClock.wait_sleepers``)
-the tests use it; this is for observing counters of fakes and diagnostics.
+the tests use it; this is for observing counters of fakes and diagnostics. Both are
+:func:`pullwake.testing.wait_until` with the polling pace these tests want.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import anyio
+from pullwake.testing import wait_until as _wait_until
+from pullwake.testing.waiting import DEFAULT_TIMEOUT
 
-DEFAULT_TIMEOUT = 15.0
+__all__ = ["DEFAULT_TIMEOUT", "wait_until", "wait_until_async"]
 
 
 async def wait_until(
     predicate: Callable[[], bool], *, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.005
 ) -> None:
     """Poll ``predicate`` every ``interval`` seconds until it holds; ``TimeoutError`` if not."""
-    with anyio.fail_after(timeout):
-        for _ in range(int(timeout / interval) + 1):
-            if predicate():
-                return
-            await anyio.sleep(interval)
-    raise TimeoutError(f"condition still false after {timeout} s")
+    await _wait_until(predicate, timeout=timeout, interval=interval)
 
 
 async def wait_until_async(
@@ -32,9 +29,4 @@ async def wait_until_async(
     interval: float = 0.05,
 ) -> None:
     """Like :func:`wait_until` for a predicate that must await (an HTTP check)."""
-    with anyio.fail_after(timeout):
-        for _ in range(int(timeout / interval) + 1):
-            if await predicate():
-                return
-            await anyio.sleep(interval)
-    raise TimeoutError(f"condition still false after {timeout} s")
+    await _wait_until(predicate, timeout=timeout, interval=interval)

@@ -22,7 +22,8 @@ from httpx_sse import aconnect_sse
 
 from pullwake.server.config import ServerConfig
 from pullwake.server.serve import serve
-from tests.fixtures.servers import LISTENING_PREFIX, ServerFactory
+from pullwake.testing import LISTENING_PREFIX, ServerProcess
+from tests.fixtures.servers import ServerFactory
 
 JSON = {"content-type": "application/json"}
 SUBS = "/v1/stream/__ds/subscriptions"
@@ -45,29 +46,15 @@ def test_no_arguments_serves_sqlite_on_loopback(tmp_path: Path) -> None:
             probe.bind(("127.0.0.1", 4437))
         except OSError:
             pytest.skip("something else (a demo?) holds 127.0.0.1:4437, the default port")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pullwake", "server"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith(LISTENING_PREFIX), (line, proc.stderr.read() if proc.poll() else "")
-        url = line[len(LISTENING_PREFIX) :].strip()
-        assert url == "http://127.0.0.1:4437"
-        with httpx.Client(base_url=url, timeout=10) as client:
+    # No option at all: the server's defaults (port 4437, SQLite under the working directory).
+    server = ServerProcess(None, log_dir=tmp_path, port=None, backend=None)
+    with server:
+        assert server.url == "http://127.0.0.1:4437"
+        with httpx.Client(base_url=server.url, timeout=10) as client:
             assert client.put("/v1/stream/hello", headers=JSON).status_code == 201
             assert client.get("/healthz").json() == {"status": "ok"}
         assert (tmp_path / ".pullwake" / "pullwake.db").exists()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        status = proc.wait(timeout=10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        status = server.terminate()
     assert status == 0
 
 

@@ -1,6 +1,6 @@
 """A fault proxy that can also answer HTTP requests with 500/503 itself, like a sick gateway.
 
-:class:`~tests.fixtures.proxy.FaultProxy` breaks TCP (blackhole, RST, FIN, refuse), but a TCP
+:class:`~pullwake.testing.proxy.FaultProxy` breaks TCP (blackhole, RST, FIN, refuse), but a TCP
 proxy cannot make an HTTP error. :class:`FaultGateway` adds one HTTP-aware mode on top of it:
 after :meth:`FaultGateway.fail_requests`, every request that *starts* from then on, on a new or
 an already open keep-alive connection, is answered by the proxy with the next status of the
@@ -23,7 +23,7 @@ import json
 import anyio
 import anyio.abc
 
-from tests.fixtures.proxy import FaultProxy
+from .proxy import FaultProxy
 
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _MAX_HEAD = 64 * 1024
