@@ -16,11 +16,13 @@ from typing import Any
 
 import httpx
 
+from pullwake.runtime import SubscriptionSpec
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
 from pullwake.runtime.claims import Claim, ClaimSettings
 from pullwake.runtime.client import Timeouts
 from pullwake.runtime.runner import RunnerSettings
+from pullwake.testing import subscription_body
 
 from .waiting import wait_until
 
@@ -88,13 +90,10 @@ class Producer:
         streams: list[str] | None = None,
         lease_ttl_ms: int | None = None,
     ) -> None:
-        body: dict[str, Any] = {"type": "pull-wake", "wake_stream": wake_stream}
-        if pattern is not None:
-            body["pattern"] = pattern
-        if streams is not None:
-            body["streams"] = streams
-        if lease_ttl_ms is not None:
-            body["lease_ttl_ms"] = lease_ttl_ms
+        spec = SubscriptionSpec(
+            sub_id, pattern=pattern, streams=streams or (), lease_ttl_ms=lease_ttl_ms
+        )
+        body = subscription_body(spec, wake_stream)
         response = await self.http.put(f"/v1/stream/__ds/subscriptions/{sub_id}", json=body)
         assert response.status_code in (200, 201), response.text
 

@@ -7,6 +7,9 @@ from typing import Any
 
 import httpx
 
+from pullwake.runtime import SubscriptionSpec
+from pullwake.testing import subscription_body
+
 JSON = {"content-type": "application/json"}
 STREAMS = "/v1/stream"
 SUBS = "/v1/stream/__ds/subscriptions"
@@ -62,13 +65,10 @@ async def subscribe(
     lease_ttl_ms: int | None = None,
 ) -> dict[str, Any]:
     """Create (or confirm) a pull-wake subscription; return its view."""
-    body: dict[str, Any] = {"type": "pull-wake", "wake_stream": wake_stream}
-    if pattern is not None:
-        body["pattern"] = pattern
-    if streams is not None:
-        body["streams"] = streams
-    if lease_ttl_ms is not None:
-        body["lease_ttl_ms"] = lease_ttl_ms
+    spec = SubscriptionSpec(
+        sub_id, pattern=pattern, streams=streams or (), lease_ttl_ms=lease_ttl_ms
+    )
+    body = subscription_body(spec, wake_stream)
     response = await client.put(f"{SUBS}/{sub_id}", json=body)
     assert response.status_code in (200, 201), response.text
     view = response.json()
