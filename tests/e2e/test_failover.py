@@ -19,8 +19,7 @@ import anyio
 import pytest
 
 from pullwake.testing import PostgresServer
-
-from .harness import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
+from pullwake.testing.e2e.cluster import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e, pytest.mark.postgres]
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from pullwake.testing import PostgresServer
-
-from .faults import FAULTS, Fault, RunnerKillMidHandler, check, run_case
+from pullwake.testing.e2e.faults import FAULTS, Fault, RunnerKillMidHandler, check, run_case
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

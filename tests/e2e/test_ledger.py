@@ -15,7 +15,14 @@ from typing import Any
 import attrs
 import pytest
 
-from .ledger import HOLD_ENV, LEDGER_ENV, account, handle, in_flight, read_ledgers
+from pullwake.testing.e2e.ledger import (
+    HOLD_ENV,
+    LEDGER_ENV,
+    account,
+    handle,
+    in_flight,
+    read_ledgers,
+)
 
 
 def write(directory: Path, runner: str, pid: int, *claims: dict[str, Any]) -> None:

@@ -17,10 +17,9 @@ import anyio
 import pytest
 
 from pullwake.testing import PostgresServer
-
-from .faults import Case, Refused
-from .harness import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
-from .ledger import in_flight
+from pullwake.testing.e2e.cluster import Cluster, RunnerSpec, SubscriptionSpec, Topology, wait_for
+from pullwake.testing.e2e.faults import Case, Refused
+from pullwake.testing.e2e.ledger import in_flight
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

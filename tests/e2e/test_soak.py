@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from pullwake.testing import PostgresServer
-
-from .chaos import run_soak
+from pullwake.testing.e2e.chaos import run_soak
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -1,16 +1,18 @@
 """The fault catalogue, and one fault-matrix case: inject, measure, clear, account.
 
-Each :class:`Fault` knows how to inject itself into a :class:`~tests.e2e.harness.Cluster` and
-how to clear it. Targets: a **server** fault hits the server the runner is attached to (on
-PostgreSQL, with two replicas, the runner must then fail over to the other); a **network**
-fault hits every gateway, i.e. the whole path between runners and servers (the producer still
-reaches the servers); a **database** fault restarts PostgreSQL under the running servers; a
-**runner** fault SIGKILLs the runner process and starts it again as a supervisor would.
+Each :class:`Fault` knows how to inject itself into a
+:class:`~pullwake.testing.e2e.cluster.Cluster` and how to clear it. Targets: a **server** fault
+hits the server the runner is attached to (on PostgreSQL, with two replicas, the runner must
+then fail over to the other); a **network** fault hits every gateway, i.e. the whole path
+between runners and servers (the producer still reaches the servers); a **database** fault
+restarts PostgreSQL under the running servers; a **runner** fault SIGKILLs the runner process
+and starts it again as a supervisor would.
 
 :func:`run_case` runs one fault against a fresh deployment (one runner, two subscriptions over
 four streams, a producer appending throughout) and returns a :class:`CaseResult`:
 
-- ``detect``: seconds from the fault to the runner leaving ``streaming`` (its log says when).
+- ``detect``: seconds from the fault to the runner leaving ``streaming``
+  (its transitions log says when).
   For a runner killed mid-handler: seconds from the kill until the claim it held was done
   again by the next instance (the lease must run out first). ``None``: nobody had anything to
   notice (the fault was over first, or the killed runner held nothing).
@@ -29,9 +31,8 @@ from pathlib import Path
 import anyio
 import attrs
 
-from pullwake.testing import PostgresServer
-
-from .harness import (
+from ..postgres import PostgresServer
+from .cluster import (
     Cluster,
     RunnerProcess,
     RunnerSpec,
@@ -376,7 +377,10 @@ def matrix_topology(database: str, backend: str, fault: Fault) -> Topology:
         runners=(RunnerSpec(RUNNER, wake),),
         subscriptions=(
             SubscriptionSpec(
-                "a", wake_stream=wake, streams=STREAMS[:2], lease_ttl_ms=fault.lease_ttl_ms
+                "a",
+                wake_stream=wake,
+                streams=STREAMS[:2],  # type: ignore[arg-type]  # mypy cannot type attrs' converter=tuple
+                lease_ttl_ms=fault.lease_ttl_ms,
             ),
             SubscriptionSpec(
                 "b", wake_stream=wake, pattern="jobs/b/*", lease_ttl_ms=fault.lease_ttl_ms

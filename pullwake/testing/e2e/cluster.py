@@ -8,10 +8,10 @@ A :class:`Cluster` is one deployment on 127.0.0.1, described by a :class:`Topolo
   (:class:`~pullwake.testing.ServerProcess`, restartable on the same port);
 - one :class:`~pullwake.testing.FaultGateway` per server, in this process: runners reach the
   servers only through these, so the network between them can be broken on demand;
-- runner processes (:class:`RunnerProcess`: ``pullwake run tests.e2e.ledger:handle``), each
-  with every gateway's URL, its own runner id and a wake stream (several may share one); each
-  writes its lifecycle transitions as JSON lines (``--transitions-log``), which the harness
-  reads to learn a runner's state;
+- runner processes (:class:`RunnerProcess`: ``pullwake run
+  pullwake.testing.e2e.ledger:handle``), each with every gateway's URL, its own runner id and a
+  wake stream (several may share one); each writes its lifecycle transitions as JSON lines
+  (``--transitions-log``), which the harness reads to learn a runner's state;
 - a :class:`Producer` that appends numbered messages straight to the servers (not through the
   gateways) and makes sure each is appended exactly once even when an answer is lost.
 
@@ -19,8 +19,8 @@ The test (or the chaos controller) injects faults while the producer appends, th
 **quiescence** (every appended message is in a ledger, and on the server every subscription's
 cursors are at their streams' tails, with no lease held and no wake in flight) and judges the
 run with :meth:`Cluster.verdict`: lost messages, duplicates and their explanations
-(:mod:`tests.e2e.ledger`), stuck subscriptions, 500s in the server logs, and a clean exit of
-every runner on SIGTERM at the end.
+(:mod:`pullwake.testing.e2e.ledger`), stuck subscriptions, 500s in the server logs, and a
+clean exit of every runner on SIGTERM at the end.
 
 Everything is bounded: process starts (30 s), stops (10 s), each HTTP request (5 s), each
 wait (its own timeout, and a loop count). :class:`Cluster` is an async context manager whose
@@ -45,15 +45,13 @@ import attrs
 import httpx
 
 from pullwake.runtime import SubscriptionSpec
-from pullwake.testing import (
-    FaultGateway,
-    PostgresServer,
-    ServerProcess,
-    subscription_body,
-    wait_until,
-)
-from pullwake.testing import RunnerProcess as _RunnerProcess
 
+from ..client import subscription_body
+from ..gateway import FaultGateway
+from ..postgres import PostgresServer
+from ..runner import RunnerProcess as _RunnerProcess
+from ..server import ServerProcess
+from ..waiting import wait_until
 from .ledger import (
     HOLD_ENV,
     LEDGER_ENV,
@@ -80,10 +78,8 @@ __all__ = [
 JSON = {"Content-Type": "application/json"}
 SUBSCRIPTIONS = "/v1/stream/__ds/subscriptions"
 REQUEST_TIMEOUT = 5.0
-#: Where ``pullwake run`` finds ``tests.e2e.ledger`` (the runners' working directory).
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Where the ledger handler lives, for ``pullwake run``.
-HANDLER = "tests.e2e.ledger:handle"
+HANDLER = "pullwake.testing.e2e.ledger:handle"
 
 
 async def wait_for(
@@ -170,7 +166,7 @@ class Topology:
 
 
 class RunnerProcess(_RunnerProcess):
-    """One e2e runner: ``pullwake run tests.e2e.ledger:handle`` writing into the ledger."""
+    """One e2e runner: ``pullwake run`` of the ledger handler (:data:`HANDLER`)."""
 
     def __init__(
         self,
@@ -195,7 +191,7 @@ class RunnerProcess(_RunnerProcess):
                 HOLD_ENV: str(hold),
                 "PULLWAKE_E2E_RUNNER": spec.id,
             },
-            cwd=REPO_ROOT,
+            cwd=workdir,
         )
         self.spec = spec
         self.ledger = ledger
@@ -446,6 +442,7 @@ class Cluster:
             await anyio.to_thread.run_sync(server.start)
         self.tg = await self._stack.enter_async_context(anyio.create_task_group())
         for server in self.servers:
+            assert server.port is not None, "a started server knows its port"
             gateway = FaultGateway("127.0.0.1", server.port)
             self.gateways.append(await self._stack.enter_async_context(gateway))
         self.admin = httpx.AsyncClient(timeout=REQUEST_TIMEOUT)

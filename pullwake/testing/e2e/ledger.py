@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Runner processes started by the harness run :func:`handle` (``pullwake run
-tests.e2e.ledger:handle``). For each claim it reads every claimed message, then writes one line
-per message plus one ``claimed`` marker to the runner instance's own ledger file
+pullwake.testing.e2e.ledger:handle``). For each claim it reads every claimed message, then
+writes one line per message plus one ``claimed`` marker to the runner instance's own ledger file
 (``$PULLWAKE_E2E_LEDGER/<runner id>.<pid>.jsonl``) in a **single** ``write`` followed by
 ``fsync``. A SIGKILL therefore leaves either the whole claim in the ledger or none of it. If
 ``$PULLWAKE_E2E_HOLD`` is set, the handler then waits that many seconds before it writes a
@@ -41,14 +41,14 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import attrs
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim
 
 LEDGER_ENV = "PULLWAKE_E2E_LEDGER"
 HOLD_ENV = "PULLWAKE_E2E_HOLD"
@@ -86,7 +86,9 @@ async def handle(claim: Claim) -> None:
     }
     lines = []
     for stream in claim.pending_streams:
-        async with contextlib.aclosing(claim.messages(stream.path)) as messages:
+        # Claim.messages is an async generator (typed as an iterator): close it on an error.
+        generator = cast(AsyncGenerator[Any, None], claim.messages(stream.path))
+        async with contextlib.aclosing(generator) as messages:
             async for message in messages:
                 if not isinstance(message, dict) or "n" not in message:
                     raise ValueError(f"not a harness message on {stream.path!r}: {message!r}")

@@ -32,8 +32,8 @@ from typing import Any
 import anyio
 import attrs
 
-from pullwake.testing import PostgresServer
-
+from ..postgres import PostgresServer
+from .cluster import Cluster, RunnerSpec, SubscriptionSpec, Topology, Tuning
 from .faults import (
     Blackhole,
     Case,
@@ -49,7 +49,6 @@ from .faults import (
     ServerStop,
     ServerTerm,
 )
-from .harness import Cluster, RunnerSpec, SubscriptionSpec, Topology, Tuning
 
 LEASE_TTL_MS = 15_000
 #: Seconds of calm between faults, and how long a fault lasts (both drawn uniformly).
@@ -61,7 +60,7 @@ def soak_topology(database: str, backend: str) -> Topology:
     """Four runners (two racing on one wake stream), six subscriptions, twelve streams."""
     other = "trio" if backend == "asyncio" else "asyncio"
     groups = {"pool": ("p1", "p2"), "s1": ("s1",), "s2": ("s2",)}
-    runners = []
+    runners: list[RunnerSpec] = []
     subscriptions = []
     streams: list[str] = []
     for index, (group, members) in enumerate(groups.items()):
@@ -74,7 +73,10 @@ def soak_topology(database: str, backend: str) -> Topology:
         streams += [*explicit, *globbed]
         subscriptions.append(
             SubscriptionSpec(
-                f"{group}-e", wake_stream=wake, streams=explicit, lease_ttl_ms=LEASE_TTL_MS
+                f"{group}-e",
+                wake_stream=wake,
+                streams=explicit,  # type: ignore[arg-type]  # mypy cannot type attrs' converter=tuple
+                lease_ttl_ms=LEASE_TTL_MS,
             )
         )
         subscriptions.append(
@@ -91,7 +93,10 @@ def soak_topology(database: str, backend: str) -> Topology:
             streams += single
             subscriptions.append(
                 SubscriptionSpec(
-                    f"{group}-x", wake_stream=wake, streams=single, lease_ttl_ms=LEASE_TTL_MS
+                    f"{group}-x",
+                    wake_stream=wake,
+                    streams=single,  # type: ignore[arg-type]  # mypy cannot type attrs' converter=tuple
+                    lease_ttl_ms=LEASE_TTL_MS,
                 )
             )
     servers = 2 if database == "postgres" else 1
