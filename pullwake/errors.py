@@ -9,7 +9,9 @@ application can catch everything pullwake raises with one ``except``::
     │   └── UnknownEventError         an event the chart does not declare
     ├── pullwake.runtime.errors.RuntimeFailure
     │   └── ...                       (see that module)
-    └── pullwake.server.errors.ServerError
+    ├── pullwake.server.errors.ServerError
+    │   └── ...                       (see that module)
+    └── pullwake.testing.errors.LaunchError
         └── ...                       (see that module)
 """
 
