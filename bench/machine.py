@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pullwake.testing import find_bindir
+
 __all__ = ["CpuMeter", "cpu_seconds", "describe", "rss_bytes"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -116,8 +118,6 @@ def _node() -> str:
 
 
 def _postgres() -> str:
-    from servers import find_bindir
-
     bindir = find_bindir()
     if bindir is None:
         return "not installed"
