@@ -2,7 +2,8 @@
 
 :class:`AdminClient` creates streams, appends, reads, and puts subscriptions, raising on any
 answer it did not expect, so a test or benchmark says in one line what it sets up. It is not a
-reliable producer (no retries, no de-duplication): for that see the e2e harness's ``Producer``.
+reliable producer (no retries, no de-duplication): for that see
+:class:`pullwake.testing.e2e.cluster.Producer`.
 """
 
 from __future__ import annotations
