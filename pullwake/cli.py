@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from pullwake import __version__
 
 #: command -> (module, help). Each module defines ``add_arguments`` and ``run``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,15 +23,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = "pullwake: the wake server, a runner for your handler, and their tools."
+
+#: command -> the extra its module's imports need (``pip install 'pullwake[EXTRA]'``).
+EXTRAS = {"server": "server"}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; only ``command``'s module is imported and given its arguments."""
-    parser = argparse.ArgumentParser(prog="pullwake", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="pullwake", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"pullwake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         parser_for_command = sub.add_parser(name, help=help_text)
         if name != command:
             continue
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if name not in EXTRAS or (exc.name or "").startswith("pullwake"):
+                raise
+            parser.exit(
+                2,
+                f"pullwake {name}: needs {exc.name!r}, which comes with the {EXTRAS[name]!r} "
+                f"extra: pip install 'pullwake[{EXTRAS[name]}]'\n",
+            )
         module.add_arguments(parser_for_command)
         parser_for_command.set_defaults(_run=module.run)
     return parser
@@ -38,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
-    return int(args._run(args))
+    try:
+        status = int(args._run(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``pullwake health ... | head``): not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a reader that hung up
+    return status
 
 
 if __name__ == "__main__":
