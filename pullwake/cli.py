@@ -14,12 +14,14 @@ import sys
 
 from pullwake import __version__
 
-#: command -> (module, help). Each module defines ``add_arguments`` and ``run``.
+#: command -> (module or module:attribute, help). Each defines ``add_arguments`` and ``run``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "diagram": ("pullwake.machines.diagram", "print a chart as Mermaid, DOT or SVG"),
     "server": ("pullwake.server.cli", "run the wake server"),
     "run": ("pullwake.runtime.cli", "run a pull-wake runner with a handler"),
     "health": ("pullwake.runtime.cli_health", "print a runner's health as the server sees it"),
+    "stream": ("pullwake.admin:stream", "create, append to, read and tail streams"),
+    "subscription": ("pullwake.admin:subscription", "create, show and delete subscriptions"),
 }
 
 
@@ -34,10 +36,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pullwake", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"pullwake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (target_name, help_text) in COMMANDS.items():
         parser_for_command = sub.add_parser(name, help=help_text)
         if name != command:
             continue
+        module_name, _, attribute = target_name.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -48,8 +51,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 f"pullwake {name}: needs {exc.name!r}, which comes with the {EXTRAS[name]!r} "
                 f"extra: pip install 'pullwake[{EXTRAS[name]}]'\n",
             )
-        module.add_arguments(parser_for_command)
-        parser_for_command.set_defaults(_run=module.run)
+        target = getattr(module, attribute) if attribute else module
+        target.add_arguments(parser_for_command)
+        parser_for_command.set_defaults(_run=target.run)
     return parser
 
 

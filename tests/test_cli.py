@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 WAIT = 20.0
 
 #: Commands whose every option also comes from a PULLWAKE_* variable.
-WITH_ENVIRONMENT = {"server", "run", "health"}
+WITH_ENVIRONMENT = {"server", "run", "health", "stream", "subscription"}
 
 
 def pullwake(
