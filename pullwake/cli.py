@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
+import re
 import sys
 
 from pullwake import __version__
@@ -31,6 +33,24 @@ DESCRIPTION = "pullwake: the wake server, a runner for your handler, and their t
 EXTRAS = {"server": "server"}
 
 
+def missing_from_extra(extra: str) -> list[str]:
+    """Return the distributions of ``extra`` that are not installed (pyproject lists them)."""
+    try:
+        requirements = importlib.metadata.requires("pullwake") or []
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        return []
+    missing = []
+    for requirement in requirements:
+        name = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+        if name is None or not re.search(rf"""extra\s*==\s*["']{extra}["']""", requirement):
+            continue
+        try:
+            importlib.metadata.distribution(name.group(0))
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name.group(0))
+    return missing
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Build the parser; only ``command``'s module is imported and given its arguments."""
     parser = argparse.ArgumentParser(prog="pullwake", description=DESCRIPTION)
@@ -40,17 +60,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         parser_for_command = sub.add_parser(name, help=help_text)
         if name != command:
             continue
-        module_name, _, attribute = target_name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if name not in EXTRAS or (exc.name or "").startswith("pullwake"):
-                raise
+        missing = missing_from_extra(EXTRAS[name]) if name in EXTRAS else []
+        if missing:
             parser.exit(
                 2,
-                f"pullwake {name}: needs {exc.name!r}, which comes with the {EXTRAS[name]!r} "
-                f"extra: pip install 'pullwake[{EXTRAS[name]}]'\n",
+                f"pullwake {name}: needs the {EXTRAS[name]!r} extra (missing: "
+                f"{', '.join(missing)}): pip install 'pullwake[{EXTRAS[name]}]'\n",
             )
+        module_name, _, attribute = target_name.partition(":")
+        module = importlib.import_module(module_name)
         target = getattr(module, attribute) if attribute else module
         target.add_arguments(parser_for_command)
         parser_for_command.set_defaults(_run=target.run)
