@@ -101,7 +101,7 @@ class Command:
         except httpx.TransportError as exc:
             print(
                 f"pullwake {self.name} {args.action}: no answer from {args.url} "
-                f"({type(exc).__name__}: {exc or 'no detail'}): check that `pullwake server` "
+                f"({type(exc).__name__}: {str(exc) or 'no detail'}): check that `pullwake server` "
                 "runs there",
                 file=sys.stderr,
             )
@@ -148,6 +148,18 @@ def _check(response: httpx.Response, hint_404: str = "") -> httpx.Response:
     elif response.status_code == 404 and hint_404:
         line += f" ({hint_404})"
     raise AdminError(line)
+
+
+def _json_answer(response: httpx.Response) -> Any:
+    """Return a 2xx answer's JSON; raise :class:`AdminError` if it is something else."""
+    try:
+        return response.json()
+    except ValueError:
+        text = " ".join(response.text.split())[:120]
+        raise AdminError(
+            f"{response.request.method} {response.request.url.path} answered "
+            f"{response.status_code} with no JSON ({text!r}): is this a pullwake server?"
+        ) from None
 
 
 def _json_arguments(values: list[str]) -> list[Any]:
@@ -359,12 +371,12 @@ def _subscription_create(client: httpx.Client, args: argparse.Namespace) -> None
     if args.description is not None:
         body["description"] = args.description
     response = _check(client.put(f"{SUBSCRIPTIONS}/{quote(args.id, safe='')}", json=body))
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(_json_answer(response), indent=2))
 
 
 def _subscription_show(client: httpx.Client, args: argparse.Namespace) -> None:
     response = _check(client.get(f"{SUBSCRIPTIONS}/{quote(args.id, safe='')}"))
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(_json_answer(response), indent=2))
 
 
 def _subscription_delete(client: httpx.Client, args: argparse.Namespace) -> None:

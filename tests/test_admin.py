@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +101,30 @@ def test_an_unreachable_server_is_exit_3() -> None:
     result = pullwake("stream", "read", "x", url="http://127.0.0.1:1")
     assert result.returncode == 3
     assert one_line(result).startswith("pullwake stream read: no answer from http://127.0.0.1:1")
+
+
+def test_a_server_that_is_not_pullwake_gets_one_line(tmp_path: Path) -> None:
+    page = tmp_path / "v1" / "stream" / "__ds" / "subscriptions" / "x"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html><body>Welcome to nginx!</body></html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{web.server_address[1]}"
+            ok_page = pullwake("subscription", "show", "x", url=url)
+            not_found = pullwake("subscription", "show", "y", url=url)
+        finally:
+            web.shutdown()
+            thread.join(timeout=5)
+    assert ok_page.returncode == 1
+    assert one_line(ok_page).endswith(
+        "answered 200 with no JSON ('<html><body>Welcome to nginx!</body></html>'): is this a "
+        "pullwake server?"
+    )
+    assert not_found.returncode == 1
+    assert one_line(not_found).endswith("is this a pullwake server?")
 
 
 def test_tail_prints_new_messages_as_they_arrive(server: ServerProcess) -> None:
