@@ -18,8 +18,8 @@ nothing is copied by hand. Three tools, for the lifecycle and for charts of your
   current configuration to the rest state.
 
 A configuration is named by its leaf state: a ``ChartSpec`` has compound states but no parallel
-ones, so the leaf determines its ancestors. This module imports Hypothesis; import it from tests
-only (Hypothesis is a development dependency of pullwake).
+ones, so the leaf determines its ancestors. This module imports Hypothesis, which the
+``testing`` extra installs (``pip install 'pullwake[testing]'``); import it from tests only.
 """
 
 from __future__ import annotations

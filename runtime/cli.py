@@ -10,9 +10,11 @@ configuration); 2 for bad arguments or a handler that cannot be imported; 3 when
 ignored cancellation at stop (the process then exits without waiting for them, since their
 claims are already released).
 
-The token may come from ``PULLWAKE_TOKEN`` instead of ``--token`` (which ``ps`` shows).
 ``--transitions-log FILE`` (or ``PULLWAKE_TRANSITIONS_LOG``) also appends every lifecycle record
 to ``FILE`` as a JSON line (``runtime/transitions_log.py``), for tools that watch the runner.
+Every option may come from the environment instead (``--help`` names each variable):
+``PULLWAKE_URL``, ``PULLWAKE_RUNNER_ID``, and ``PULLWAKE_TOKEN`` rather than ``--token``, which
+``ps`` shows.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+
+from pullwake.options import add_option, server_url
 
 from .actor import TransitionRecord
 from .backoff import Backoff
@@ -50,67 +54,93 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``pullwake run``'s options."""
     defaults = RunnerSettings()
     parser.add_argument("handler", metavar="MODULE:HANDLER", help="e.g. myapp.work:handle")
-    parser.add_argument(
+    add_option(
+        parser,
         "--url",
         action="append",
         required=True,
-        help="server URL; repeat for several servers sharing one database",
+        type=server_url,
+        help="server URL, e.g. http://127.0.0.1:4437; repeat for several servers sharing one "
+        "database",
     )
-    parser.add_argument("--runner-id", required=True, help="this runner's name in the registry")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("PULLWAKE_TOKEN"),
-        help="bearer token for this runner (or PULLWAKE_TOKEN)",
+    add_option(parser, "--runner-id", required=True, help="this runner's name in the registry")
+    add_option(parser, "--token", help="bearer token for this runner")
+    add_option(
+        parser, "--wake-stream", help="wake stream path (default: the one the registry knows)"
     )
-    parser.add_argument(
-        "--wake-stream", help="wake stream path (default: the one the registry knows)"
-    )
-    parser.add_argument(
+    add_option(
+        parser,
         "--subscription",
         action="append",
         default=None,
         metavar="ID",
         help="handle only these subscriptions (repeatable; default: every wake)",
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="handlers at once (8)")
-    parser.add_argument(
-        "--grace", type=float, default=10.0, help="seconds handlers get at stop (10)"
+    add_option(parser, "--concurrency", type=int, default=8, help="handlers at once (8)")
+    add_option(
+        parser, "--grace", type=float, default=10.0, help="seconds handlers get at stop (10)"
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--offset-file",
         help="keep the wake-stream offset in this file (default: the server's registry, or "
         "a file under $XDG_STATE_HOME/pullwake when the server has none)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--heartbeat-interval",
         type=float,
         default=defaults.heartbeat_interval,
         help="seconds between heartbeats (%(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--read-timeout",
         type=float,
         default=defaults.timeouts.read,
         help="seconds of silence on the wake stream that mean the server is gone; about three "
         "server keepalives (%(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--max-backoff",
         type=float,
         default=defaults.backoff.maximum,
         help="longest wait between reconnects (%(default)s)",
     )
-    parser.add_argument("--label", help="a label shown in the registry")
-    parser.add_argument(
+    add_option(
+        parser,
         "--transitions-log",
         metavar="FILE",
-        default=os.environ.get("PULLWAKE_TRANSITIONS_LOG") or None,
-        help="append every lifecycle record to FILE as a JSON line (or PULLWAKE_TRANSITIONS_LOG)",
+        default=None,
+        help="append every lifecycle record to FILE as a JSON line",
     )
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    add_option(parser, "--label", help="a label shown in the registry")
+    add_option(
+        parser,
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="async backend (default: %(default)s)",
     )
+    add_option(
+        parser,
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="stderr log level (default: %(default)s)",
+    )
+
+
+#: The runner's errors advise its keyword arguments; on the command line they are options.
+KEYWORD_FLAGS = {"token=...": "--token", "wake_stream=...": "--wake-stream"}
+
+
+def as_flags(message: str) -> str:
+    """Return ``message`` with the ``Runner(...)`` keywords it advises spelled as options."""
+    for keyword, flag in KEYWORD_FLAGS.items():
+        message = message.replace(keyword, flag)
+    return message
 
 
 def load_handler(spec: str) -> Any:
@@ -217,7 +247,7 @@ def _serve_runner(runner: Runner, backend: str) -> int:
     try:
         return int(anyio.run(serve, runner, backend=backend))
     except RuntimeFailure as exc:
-        print(f"pullwake run: {exc}", file=sys.stderr)
+        print(f"pullwake run: {as_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

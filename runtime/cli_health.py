@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 import anyio
 
+from pullwake.options import add_option, server_url
+
 from .client import Client, Timeouts
-from .errors import RequestFailed
+from .errors import RequestFailed, ServerUnreachable
 
 __all__ = ["add_arguments", "format_health", "run"]
 
@@ -25,15 +26,11 @@ EXIT_STATUS = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``pullwake health``'s options."""
-    parser.add_argument("url", help="server URL, e.g. http://127.0.0.1:4437")
-    parser.add_argument("runner_id", metavar="RUNNER_ID")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("PULLWAKE_TOKEN"),
-        help="bearer token (or PULLWAKE_TOKEN)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the server's JSON answer")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (5)")
+    parser.add_argument("url", type=server_url, help="server URL, e.g. http://127.0.0.1:4437")
+    parser.add_argument("runner_id", metavar="RUNNER_ID", help="the runner's id in the registry")
+    add_option(parser, "--token", help="bearer token (the runner's or the admin's)")
+    add_option(parser, "--json", action="store_true", help="print the server's JSON answer")
+    add_option(parser, "--timeout", type=float, default=5.0, help="seconds to wait (5)")
 
 
 async def fetch(url: str, runner_id: str, token: str | None, timeout: float) -> dict[str, Any]:
@@ -71,6 +68,17 @@ def run(args: argparse.Namespace) -> int:
     """Run ``pullwake health``; return the exit status."""
     try:
         health = anyio.run(fetch, args.url, args.runner_id, args.token, args.timeout)
+    except ServerUnreachable as exc:
+        # The client's own message speaks of the runner's retries; this command does not retry.
+        cause = exc.__cause__
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        hint = " or give it longer with --timeout" if "Timeout" in detail else ""
+        print(
+            f"pullwake health: no answer from {args.url}{detail}: check that the server runs "
+            f"there{hint}",
+            file=sys.stderr,
+        )
+        return 3
     except RequestFailed as exc:
         print(f"pullwake health: {exc}", file=sys.stderr)
         return 3

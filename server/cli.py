@@ -1,8 +1,9 @@
 """``pullwake server``: run the wake server (with no arguments: SQLite, on 127.0.0.1:4437).
 
-Secrets can come from the environment instead of the command line (where ``ps`` shows them):
-``PULLWAKE_ADMIN_TOKEN`` and ``PULLWAKE_RUNNER_TOKENS`` (``ID=SECRET`` entries separated by
-commas or whitespace). ``PULLWAKE_DATABASE_URL`` sets the default database.
+Every option can come from the environment instead (``--help`` names each variable), which
+keeps secrets off the command line, where ``ps`` shows them: ``PULLWAKE_ADMIN_TOKEN`` and
+``PULLWAKE_RUNNER_TOKEN`` (``ID=SECRET`` entries separated by commas or whitespace; the older
+``PULLWAKE_RUNNER_TOKENS`` is still read), ``PULLWAKE_DATABASE`` (or ``PULLWAKE_DATABASE_URL``).
 """
 
 from __future__ import annotations
@@ -10,93 +11,116 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import sys
 from pathlib import Path
 
 import anyio
 
 from pullwake.errors import PullwakeError
+from pullwake.options import add_option, port
 from pullwake.server.auth import parse_runner_token
 from pullwake.server.config import DEFAULT_DATABASE_URL, DEFAULT_PORT, ServerConfig
 from pullwake.server.errors import UnsafeBindError
+from pullwake.server.store import open_store
+
+
+def database_url(text: str) -> str:
+    """Check a ``--database`` URL for ``type=`` (the store is only named, not opened)."""
+    try:
+        open_store(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``pullwake server``'s options."""
     defaults = ServerConfig()
-    parser.add_argument(
+    add_option(
+        parser,
         "--database",
-        default=os.environ.get("PULLWAKE_DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="sqlite:///PATH or postgresql://... (default: %(default)s)",
+        env_aliases=("PULLWAKE_DATABASE_URL",),
+        type=database_url,
+        default=DEFAULT_DATABASE_URL,
+        help=f"sqlite:///PATH or postgresql://... (default: {DEFAULT_DATABASE_URL})",
     )
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
-    parser.add_argument(
+    add_option(parser, "--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    add_option(
+        parser,
         "--port",
-        type=int,
+        type=port,
         default=DEFAULT_PORT,
         help="port, 0 = any free one (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--keepalive",
         type=float,
         default=defaults.keepalive,
         help="seconds between keepalives on idle SSE streams (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--token",
         "--admin-token",
         dest="admin_token",
-        default=os.environ.get("PULLWAKE_ADMIN_TOKEN"),
-        help="admin bearer token (or PULLWAKE_ADMIN_TOKEN); any token turns auth on",
+        help="admin bearer token; any token turns auth on",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--runner-token",
         action="append",
         default=[],
+        env_aliases=("PULLWAKE_RUNNER_TOKENS",),
         metavar="RUNNER_ID=SECRET",
-        help="a runner's bearer token; repeat per runner (or PULLWAKE_RUNNER_TOKENS)",
+        help="a runner's bearer token; repeat per runner (the variable takes several, "
+        "separated by commas or spaces)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--max-body-bytes",
         type=int,
         default=defaults.max_body_bytes,
         help="largest request body (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--shutdown-grace",
         type=float,
         default=defaults.shutdown_grace,
         help="seconds open connections get after SIGTERM (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--lease-sweep-interval",
         type=float,
         default=defaults.lease_sweep_interval,
         help="seconds between expired-lease sweeps (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--long-poll-timeout",
         type=float,
         default=defaults.long_poll_timeout,
         help="seconds a long-poll read waits before 204 (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--backend",
         choices=["asyncio", "trio"],
         default="asyncio",
         help="async backend (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--http",
         choices=["auto", "uvicorn", "hypercorn"],
         default=defaults.http,
         help="HTTP server: uvicorn (asyncio only), hypercorn (asyncio or trio), or auto: "
         "uvicorn on asyncio, hypercorn on trio (default: %(default)s)",
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -106,9 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Build the configuration from parsed options and the environment."""
-    specs = list(args.runner_token)
-    specs.extend(os.environ.get("PULLWAKE_RUNNER_TOKENS", "").replace(",", " ").split())
-    runner_tokens = dict(parse_runner_token(spec) for spec in specs)
+    runner_tokens = dict(parse_runner_token(spec) for spec in args.runner_token)
     return ServerConfig(
         host=args.host,
         port=args.port,

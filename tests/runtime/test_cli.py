@@ -146,6 +146,20 @@ def test_run_with_a_wrong_token_exits_1_with_a_clear_message(
     status, stderr = finish(pullwake(*run_args(server, "record", "--token", "wrong")))
     assert status == 1
     assert "refused this runner's credentials" in stderr
+    # The last line speaks of the command's options, not of Runner()'s keywords.
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("pullwake run: ")
+    assert "(--token)" in last
+    assert "token=" not in last
+
+
+def test_run_without_a_wake_stream_advises_the_option(server: ServerProcess) -> None:
+    args = ["run", "tests.runtime.cli_handlers:record", "--url", server.url, "--runner-id", "r9"]
+    status, stderr = finish(pullwake(*args))
+    assert status == 1
+    last = stderr.strip().splitlines()[-1]
+    assert "no wake stream: pass --wake-stream" in last
+    assert "wake_stream=" not in last
 
 
 @pytest.mark.parametrize(
