@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -22,8 +23,17 @@ from tests.fixtures.servers import ServerFactory
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-#: What a wheel build needs from the checkout (the rest, like .venv, stays behind).
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "pullwake", "machines", "runtime", "server")
+#: What a wheel build needs from the checkout (the rest, like .venv, stays behind): the
+#: project's files and the top-level folders its package-dir mapping names.
+_PACKAGE_DIRS = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"][
+    "setuptools"
+]["package-dir"].values()
+SOURCES = (
+    "pyproject.toml",
+    "README.md",
+    "LICENSE",
+    *sorted({d.split("/")[0] for d in _PACKAGE_DIRS}),
+)
 WAIT = 30.0
 JSON = {"Content-Type": "application/json"}
 
