@@ -9,7 +9,7 @@ never decides a wake: every operation that reads then writes runs as **one trans
 the store, so two server processes on one PostgreSQL can never double-claim, and a crash between
 two statements can never leave half a claim.
 
-There is one implementation of the rules (``server/store/logic.py``, synchronous code over a
+There is one implementation of the rules (``server/store/rules/``, synchronous code over a
 small dialect-neutral transaction) and two dialects (SQLite and PostgreSQL). Calls reach the
 database through ``anyio.to_thread`` so the server runs on asyncio and trio alike.
 
