@@ -24,6 +24,7 @@ from pullwake.server.store.paths import (
 )
 from pullwake.server.store.rules.catalog import WAKE_CONTENT_TYPE, find_stream, insert_stream
 from pullwake.server.store.rules.transaction import Transaction, check_int
+from pullwake.server.store.rules.wake_table import WakeState
 
 MIN_LEASE_TTL_MS = 1_000
 MAX_LEASE_TTL_MS = 600_000
@@ -96,15 +97,15 @@ class SubRow:
     lease_expires_at_ms: int | None
     expired_generation: int | None
 
-    def lease_live(self, now_ms: int) -> bool:
-        return (
-            self.holder is not None
-            and self.lease_expires_at_ms is not None
-            and self.lease_expires_at_ms > now_ms
+    def wake_state(self) -> WakeState:
+        """Return the wake and lease columns as the wake table reads them."""
+        return WakeState(
+            self.generation,
+            self.wake_id,
+            self.holder,
+            self.lease_expires_at_ms,
+            self.expired_generation,
         )
-
-    def lease_lapsed(self, now_ms: int) -> bool:
-        return self.holder is not None and not self.lease_live(now_ms)
 
 
 @attrs.frozen

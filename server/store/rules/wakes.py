@@ -1,15 +1,10 @@
 """Wake and lease rules: issuing wakes, claims, acks, releases and lease expiry.
 
-A subscription's wake state (what may never happen):
-
-* ``wake_id`` set  = a wake is in flight (an event was appended, or a claim minted one);
-  a new wake is issued only when ``wake_id`` is NULL and no live lease is held, so there is
-  never more than one wake event outstanding per subscription.
-* ``holder`` set   = a lease is held until ``lease_expires_at_ms``; ``holder`` set implies
-  ``wake_id`` set. Every claim gets a generation and wake id no earlier holder had.
-* ``expired_generation`` = the generation whose lease last expired, so a late request from that
-  holder is told its lease expired (401) rather than that it was fenced (409).
-* acked positions never move backwards, and never past the tail.
+What happens to a subscription's wake and lease columns is decided by the pure table in
+``wake_table.py`` (its docstring lists the phases and what may never happen); the rules here
+load the row and the links, ask :func:`wake_table.decide`, and apply the decision in SQL
+(:func:`_apply`). Acked positions are the one invariant kept here: they never move backwards,
+and never past the tail.
 """
 
 from __future__ import annotations
@@ -20,10 +15,11 @@ from collections.abc import Sequence
 
 import attrs
 
-from pullwake.server.errors import Conflict, Unauthorized
+from pullwake.server.errors import Conflict, StoreError, Unauthorized
 from pullwake.server.store.base import AckItem, AckResult, Claim, Subscription
 from pullwake.server.store.offsets import format_offset, is_offset, parse_offset
 from pullwake.server.store.paths import check_identifier
+from pullwake.server.store.rules import wake_table
 from pullwake.server.store.rules.catalog import (
     WAKE_CONTENT_TYPE,
     append_rows,
@@ -31,6 +27,7 @@ from pullwake.server.store.rules.catalog import (
     insert_stream,
 )
 from pullwake.server.store.rules.subscriptions import (
+    Link,
     SubRow,
     load_links,
     load_sub,
@@ -48,7 +45,9 @@ def wake_linked(
     for (sub_id,) in tx.fetchall(
         "SELECT sub_id FROM links WHERE stream_id = ? ORDER BY sub_id", (stream_id,)
     ):
-        maybe_wake(tx, sub_id, now_ms, path, wakes)
+        sub = load_sub(tx, sub_id, lock=True)
+        if sub is not None:
+            _offer_wake(tx, sub, now_ms, path, wakes)
 
 
 def _new_wake_id() -> str:
@@ -66,22 +65,6 @@ def _wake_event(sub_id: str, stream_path: str, generation: int, now_ms: int) -> 
     return json.dumps(event, separators=(",", ":")).encode("utf-8")
 
 
-def _mint_wake(tx: Transaction, sub_id: str, generation: int) -> tuple[int, str]:
-    """Start a new generation with a new wake id and snapshot the linked tails."""
-    generation += 1
-    wake_id = _new_wake_id()
-    tx.execute(
-        "UPDATE subscriptions SET generation = ?, wake_id = ? WHERE id = ?",
-        (generation, wake_id, sub_id),
-    )
-    tx.execute(
-        "UPDATE links SET wake_tail_seq = "
-        "(SELECT tail_seq FROM streams WHERE streams.id = links.stream_id) WHERE sub_id = ?",
-        (sub_id,),
-    )
-    return generation, wake_id
-
-
 def _append_wake(
     tx: Transaction, path: str, event: bytes, now_ms: int, wakes: list[tuple[str, bytes]]
 ) -> None:
@@ -97,80 +80,142 @@ def _append_wake(
     wake_linked(tx, row[0], path, now_ms, wakes)
 
 
-def _expire_lease(tx: Transaction, sub: SubRow) -> None:
-    tx.execute(
-        "UPDATE subscriptions SET holder = NULL, lease_expires_at_ms = NULL, wake_id = NULL, "
-        "expired_generation = generation WHERE id = ?",
-        (sub.id,),
-    )
+def _pending_paths(links: Sequence[Link]) -> list[str]:
+    return [link.path for link in links if link.tail > link.acked]
 
 
-def maybe_wake(
+def _event(
     tx: Transaction,
-    sub_id: str,
+    sub: SubRow,
+    kind: wake_table.EventKind,
+    now_ms: int,
+    *,
+    links: Sequence[Link] | None = None,
+    worker: str | None = None,
+    credentials: wake_table.Credentials | None = None,
+) -> tuple[wake_table.Event, list[str]]:
+    """Build the table's event, reading the links only when the decision depends on them."""
+    pending: list[str] = []
+    known: bool | None = None
+    if wake_table.needs_pending(sub.wake_state(), kind, now_ms):
+        pending = _pending_paths(load_links(tx, sub.id) if links is None else links)
+        known = bool(pending)
+    event = wake_table.Event(
+        kind,
+        now_ms,
+        pending=known,
+        fresh_wake_id=_new_wake_id(),
+        worker=worker,
+        lease_ttl_ms=sub.config.lease_ttl_ms,
+        credentials=credentials,
+    )
+    return event, pending
+
+
+def _apply(
+    tx: Transaction,
+    sub: SubRow,
+    decision: wake_table.Decision,
+    now_ms: int,
+    *,
+    pending: Sequence[str],
+    trigger: str | None = None,
+    wakes: list[tuple[str, bytes]] | None = None,
+) -> wake_table.Decision:
+    """Write a decision: the row, the tail snapshot of a new generation, its wake event.
+
+    A refusal is raised last: as :class:`CommitThenRaise` when the decision changed the row
+    (a lapsed lease cleared, a stale wake dropped), as a plain error (nothing applied) when not.
+    """
+    new = decision.state
+    changed = new != sub.wake_state()
+    if changed:
+        tx.execute(
+            "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = ?, "
+            "lease_expires_at_ms = ?, expired_generation = ? WHERE id = ?",
+            (
+                new.generation,
+                new.wake_id,
+                new.holder,
+                new.lease_expires_at_ms,
+                new.expired_generation,
+                sub.id,
+            ),
+        )
+    if decision.minted:
+        tx.execute(
+            "UPDATE links SET wake_tail_seq = "
+            "(SELECT tail_seq FROM streams WHERE streams.id = links.stream_id) WHERE sub_id = ?",
+            (sub.id,),
+        )
+    if decision.wake_event:
+        stream_path = trigger if trigger is not None and trigger in pending else pending[0]
+        event = _wake_event(sub.id, stream_path, new.generation, now_ms)
+        _append_wake(tx, sub.config.wake_stream, event, now_ms, [] if wakes is None else wakes)
+    if decision.refusal is not None:
+        error = _refusal_error(sub, decision.refusal)
+        if changed:
+            raise CommitThenRaise(error)
+        raise error
+    return decision
+
+
+def _refusal_error(sub: SubRow, refusal: wake_table.Refusal) -> StoreError:
+    if refusal.code == "ALREADY_CLAIMED":
+        return Conflict(
+            f"subscription {sub.id!r} is claimed by {sub.holder!r} until its lease ends; wait "
+            "for the next wake",
+            code="ALREADY_CLAIMED",
+            current_holder=sub.holder,
+            generation=sub.generation,
+        )
+    if refusal.code == "NO_PENDING_WORK":
+        return Conflict(
+            f"subscription {sub.id!r} has no pending work: every linked stream is acked to "
+            "its tail",
+            code="NO_PENDING_WORK",
+        )
+    if refusal.code == "LEASE_EXPIRED":
+        return _lease_expired(sub.id, refusal.generation)
+    return _fenced(sub.id, refusal.why)
+
+
+def _offer_wake(
+    tx: Transaction,
+    sub: SubRow,
     now_ms: int,
     trigger: str | None,
-    wakes: list[tuple[str, bytes]],
+    wakes: list[tuple[str, bytes]] | None = None,
 ) -> bool:
-    """Issue a wake if ``sub_id`` has pending work, no wake in flight and no live lease.
+    """Issue a wake if ``sub`` has pending work, no wake in flight and no live lease.
 
     A lapsed lease found here is cleared first. Returns True when a wake was issued.
     """
-    sub = load_sub(tx, sub_id, lock=True)
-    if sub is None:
-        return False
-    if sub.lease_lapsed(now_ms):
-        _expire_lease(tx, sub)
-        sub = attrs.evolve(sub, holder=None, lease_expires_at_ms=None, wake_id=None)
-    if sub.wake_id is not None or sub.holder is not None:
-        return False
-    pending = [link.path for link in load_links(tx, sub_id) if link.tail > link.acked]
-    if not pending:
-        return False
-    generation, _ = _mint_wake(tx, sub_id, sub.generation)
-    stream_path = trigger if trigger in pending else pending[0]
-    event = _wake_event(sub_id, stream_path, generation, now_ms)
-    _append_wake(tx, sub.config.wake_stream, event, now_ms, wakes)
-    return True
+    event, pending = _event(tx, sub, "append", now_ms)
+    decision = wake_table.decide(sub.wake_state(), event)
+    _apply(tx, sub, decision, now_ms, pending=pending, trigger=trigger, wakes=wakes)
+    return decision.wake_event
 
 
 def claim(tx: Transaction, secret: str, sub_id: str, worker: str, now_ms: int) -> Claim:
     check_identifier(worker, "worker")
     check_int(now_ms, "now_ms")
     sub = require_sub(tx, sub_id, lock=True)
-    if sub.lease_lapsed(now_ms):
-        _expire_lease(tx, sub)
-        maybe_wake(tx, sub_id, now_ms, None, [])
-        sub = require_sub(tx, sub_id, lock=True)
-    if sub.holder is not None:
-        raise Conflict(
-            f"subscription {sub_id!r} is claimed by {sub.holder!r} until its lease ends; wait "
-            "for the next wake",
-            code="ALREADY_CLAIMED",
-            current_holder=sub.holder,
-            generation=sub.generation,
-        )
     links = load_links(tx, sub_id)
-    if not any(link.tail > link.acked for link in links):
-        error = Conflict(
-            f"subscription {sub_id!r} has no pending work: every linked stream is acked to "
-            "its tail",
-            code="NO_PENDING_WORK",
-        )
-        if sub.wake_id is not None:
-            tx.execute("UPDATE subscriptions SET wake_id = NULL WHERE id = ?", (sub_id,))
-            raise CommitThenRaise(error)
-        raise error
-    generation, wake_id = sub.generation, sub.wake_id
-    if wake_id is None:
-        generation, wake_id = _mint_wake(tx, sub_id, generation)
-    ttl = sub.config.lease_ttl_ms
-    tx.execute(
-        "UPDATE subscriptions SET holder = ?, lease_expires_at_ms = ? WHERE id = ?",
-        (worker, now_ms + ttl, sub_id),
+    event, pending = _event(tx, sub, "claim", now_ms, links=links, worker=worker)
+    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    if decision.wake_event:
+        links = load_links(tx, sub_id)
+    state = decision.state
+    assert state.wake_id is not None
+    token = sign_token(secret, TokenClaims(sub_id, state.generation, state.wake_id, worker))
+    return Claim(
+        state.wake_id,
+        state.generation,
+        token,
+        tuple(link.linked() for link in links),
+        sub.config.lease_ttl_ms,
     )
-    token = sign_token(secret, TokenClaims(sub_id, generation, wake_id, worker))
-    return Claim(wake_id, generation, token, tuple(link.linked() for link in links), ttl)
 
 
 def _fenced(sub_id: str, why: str) -> Conflict:
@@ -192,46 +237,33 @@ def _lease_expired(sub_id: str, generation: int) -> Unauthorized:
 def _authorise(
     tx: Transaction,
     secret: str,
+    kind: wake_table.EventKind,
     sub_id: str,
     token: str,
     wake_id: str,
     generation: int,
     now_ms: int,
-) -> SubRow:
+) -> tuple[SubRow, wake_table.Credentials]:
     """Check a holder's request against the current claim; return the locked subscription.
 
     401 ``INVALID_TOKEN`` (token unreadable or forged), 404 ``SUBSCRIPTION_NOT_FOUND``
     (deleted), 401 ``LEASE_EXPIRED`` (the token's lease lapsed: a lapsed lease found here is
     cleared and committed, re-waking pending work), 409 ``FENCED`` (anything else stale).
+    A refusal never depends on pending work, so it is decided here, before any ack applies.
     """
     claims = verify_token(secret, token)
     check_int(now_ms, "now_ms")
     sub = require_sub(tx, sub_id, lock=True)
     if claims.subscription_id != sub_id:
         raise _fenced(sub_id, f"the token was issued for subscription {claims.subscription_id!r}")
-    if sub.lease_lapsed(now_ms):
-        lapsed_generation = sub.generation
-        _expire_lease(tx, sub)
-        maybe_wake(tx, sub_id, now_ms, None, [])
-        if claims.generation == lapsed_generation:
-            raise CommitThenRaise(_lease_expired(sub_id, claims.generation))
-        raise CommitThenRaise(_fenced(sub_id, f"generation {claims.generation} is not current"))
-    # Every claim after an expiry gets a later generation, so this names the lapsed lease only.
-    if claims.generation == sub.expired_generation:
-        raise _lease_expired(sub_id, claims.generation)
-    if (
-        claims.generation != sub.generation
-        or claims.wake_id != sub.wake_id
-        or claims.worker != sub.holder
-    ):
-        raise _fenced(
-            sub_id,
-            f"the token is for generation {claims.generation}, the current one is "
-            f"{sub.generation}" + ("" if sub.holder is not None else " and no lease is held"),
-        )
-    if generation != sub.generation or wake_id != sub.wake_id:
-        raise _fenced(sub_id, "the body's generation or wake_id is not the current one")
-    return sub
+    credentials = wake_table.Credentials(
+        claims.generation, claims.wake_id, claims.worker, generation, wake_id
+    )
+    if wake_table.refusal_for(sub.wake_state(), credentials, now_ms) is not None:
+        event, pending = _event(tx, sub, kind, now_ms, credentials=credentials)
+        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+        raise AssertionError("the wake table let through a refused request")
+    return sub, credentials
 
 
 def _invalid_ack(why: str) -> Conflict:
@@ -252,7 +284,8 @@ def ack(
     done: bool,
     now_ms: int,
 ) -> AckResult:
-    sub = _authorise(tx, secret, sub_id, token, wake_id, generation, now_ms)
+    kind: wake_table.EventKind = "done" if done else "ack"
+    sub, credentials = _authorise(tx, secret, kind, sub_id, token, wake_id, generation, now_ms)
     links = {link.path: link for link in load_links(tx, sub_id)}
     advanced: dict[str, int] = {}
     for item in acks:
@@ -262,12 +295,13 @@ def ack(
         if not isinstance(item.offset, str) or not is_offset(item.offset):
             raise _invalid_ack(f"offset {str(item.offset)[:64]!r} is not an offset")
         position = parse_offset(item.offset)
-        if position < link.acked:
+        moved = wake_table.acked_after(link.acked, link.tail, position)
+        if moved == "behind":
             raise _invalid_ack(
                 f"offset {item.offset} of {item.stream!r} is before the committed cursor "
                 f"{format_offset(link.acked)}"
             )
-        if position > link.tail:
+        if moved == "past_tail":
             raise _invalid_ack(
                 f"offset {item.offset} of {item.stream!r} is past its tail "
                 f"{format_offset(link.tail)}"
@@ -279,28 +313,19 @@ def ack(
             is None
         ):
             raise _invalid_ack(f"offset {item.offset} is not a message offset of {item.stream!r}")
-        advanced[item.stream] = max(advanced.get(item.stream, link.acked), position)
+        assert isinstance(moved, int)
+        advanced[item.stream] = max(advanced.get(item.stream, link.acked), moved)
     for path, position in advanced.items():
         tx.execute(
             "UPDATE links SET acked_seq = ? WHERE sub_id = ? AND stream_id = ? AND acked_seq < ?",
             (position, sub_id, links[path].stream_id, position),
         )
-    if not done:
-        tx.execute(
-            "UPDATE subscriptions SET lease_expires_at_ms = ? WHERE id = ?",
-            (now_ms + sub.config.lease_ttl_ms, sub_id),
-        )
-        return AckResult(next_wake=False)
-    _end_claim(tx, sub_id)
-    return AckResult(next_wake=maybe_wake(tx, sub_id, now_ms, None, []))
-
-
-def _end_claim(tx: Transaction, sub_id: str) -> None:
-    tx.execute(
-        "UPDATE subscriptions SET holder = NULL, lease_expires_at_ms = NULL, wake_id = NULL "
-        "WHERE id = ?",
-        (sub_id,),
-    )
+    after = [
+        attrs.evolve(link, acked=advanced.get(path, link.acked)) for path, link in links.items()
+    ]
+    event, pending = _event(tx, sub, kind, now_ms, links=after, credentials=credentials)
+    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    return AckResult(next_wake=decision.wake_event)
 
 
 def release(
@@ -312,9 +337,9 @@ def release(
     generation: int,
     now_ms: int,
 ) -> None:
-    _authorise(tx, secret, sub_id, token, wake_id, generation, now_ms)
-    _end_claim(tx, sub_id)
-    maybe_wake(tx, sub_id, now_ms, None, [])
+    sub, credentials = _authorise(tx, secret, "release", sub_id, token, wake_id, generation, now_ms)
+    event, pending = _event(tx, sub, "release", now_ms, credentials=credentials)
+    _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
 
 
 def expire_leases(tx: Transaction, now_ms: int) -> int:
@@ -326,10 +351,10 @@ def expire_leases(tx: Transaction, now_ms: int) -> int:
         (now_ms,),
     ):
         sub = load_sub(tx, sub_id, lock=True)
-        if sub is None or not sub.lease_lapsed(now_ms):
+        if sub is None or sub.wake_state().phase(now_ms) != "lapsed":
             continue
-        _expire_lease(tx, sub)
-        maybe_wake(tx, sub_id, now_ms, None, [])
+        event, pending = _event(tx, sub, "expire", now_ms)
+        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
         expired += 1
     return expired
 
