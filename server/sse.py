@@ -41,8 +41,8 @@ from starlette.types import Message, Receive, Scope, Send
 from pullwake.server.cursors import next_cursor
 from pullwake.server.errors import NotFound
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
-from pullwake.server.store.base import NOW_OFFSET, START_OFFSET, Store
 from pullwake.server.store.base import Message as StoredMessage
+from pullwake.server.store.base import Store
 
 log = logging.getLogger("pullwake.server.sse")
 
@@ -189,7 +189,7 @@ class EventStream:
             mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
             if result.messages or first:
-                self.offset = await self._real_offset(result.next_offset)
+                self.offset = result.next_offset
                 # The data and its control event in one write (one send, one segment).
                 data = data_event(result.messages, self.encoding) if result.messages else b""
                 await write(data + self._control(result.up_to_date))
@@ -199,12 +199,6 @@ class EventStream:
             if not await self._wait_live(write, mark):
                 await write(self._control(up_to_date=True))
                 return
-
-    async def _real_offset(self, offset: str) -> str:
-        """Never hand a sentinel (``-1``/``now``) to a reader: resolve it to the tail."""
-        if offset in (START_OFFSET, NOW_OFFSET):
-            return (await self.store.stream(self.path)).tail_offset
-        return offset
 
     async def _wait_live(self, write: Write, mark: int) -> bool:
         """Wait for new data, writing keepalives; return False when the server shuts down.

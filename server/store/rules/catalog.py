@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pullwake.server.errors import NotFound
+from pullwake.server.names import compile_glob
 from pullwake.server.store.base import StreamMeta
 from pullwake.server.store.offsets import format_offset
-from pullwake.server.store.paths import compile_glob
 from pullwake.server.store.rules.transaction import Transaction
 
 #: The content type of a wake stream created on a subscription's behalf (wake events are JSON).

@@ -6,13 +6,17 @@ import json
 from typing import Any
 
 from pullwake.server.errors import BadRequest, NotFound
+from pullwake.server.names import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_DIAGNOSTICS_CHARS,
+    MAX_RUNNER_LEASE_MS,
+    MIN_RUNNER_LEASE_MS,
+    check_identifier,
+    check_offset,
+    check_path,
+)
 from pullwake.server.store.base import Runner
-from pullwake.server.store.paths import check_identifier, check_path
-from pullwake.server.store.rules.subscriptions import MAX_DESCRIPTION_CHARS
 from pullwake.server.store.rules.transaction import Transaction, check_int
-
-MAX_DIAGNOSTICS_CHARS = 65_536
-
 
 _RUNNER_COLUMNS = (
     "id, label, wake_stream, wake_stream_offset, registered_at_ms, last_heartbeat_at_ms, "
@@ -72,12 +76,10 @@ def heartbeat(
     diagnostics: dict[str, object],
     now_ms: int,
 ) -> Runner:
-    check_int(lease_ms, "lease_ms", 1)
+    check_int(lease_ms, "lease_ms", MIN_RUNNER_LEASE_MS, MAX_RUNNER_LEASE_MS)
     check_int(now_ms, "now_ms")
-    if wake_stream_offset is not None and (
-        not isinstance(wake_stream_offset, str) or not 0 < len(wake_stream_offset) <= 256
-    ):
-        raise BadRequest("wake_stream_offset must be an offset string (1 to 256 characters)")
+    if wake_stream_offset is not None:
+        check_offset(wake_stream_offset, "wake_stream_offset")
     if not isinstance(diagnostics, dict):
         raise BadRequest("diagnostics must be a JSON object")
     try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pullwake.server.content_types import normalise_content_type
 from pullwake.server.errors import BadRequest, Conflict, content_type_mismatch
+from pullwake.server.names import check_path
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
@@ -14,7 +16,6 @@ from pullwake.server.store.base import (
     StreamMeta,
 )
 from pullwake.server.store.offsets import format_offset, parse_offset
-from pullwake.server.store.paths import check_path, normalise_content_type
 from pullwake.server.store.rules.catalog import (
     append_rows,
     find_stream,

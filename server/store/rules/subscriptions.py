@@ -13,23 +13,21 @@ from collections.abc import Sequence
 
 import attrs
 
+from pullwake.server.content_types import is_json
 from pullwake.server.errors import BadRequest, Conflict, NotFound
-from pullwake.server.store.base import LinkedStream, Subscription, SubscriptionConfig
-from pullwake.server.store.offsets import format_offset
-from pullwake.server.store.paths import (
+from pullwake.server.names import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_LEASE_TTL_MS,
+    MIN_LEASE_TTL_MS,
     check_identifier,
     check_path,
     compile_glob,
-    is_json_content_type,
 )
+from pullwake.server.store.base import LinkedStream, Subscription, SubscriptionConfig
+from pullwake.server.store.offsets import format_offset
 from pullwake.server.store.rules.catalog import WAKE_CONTENT_TYPE, find_stream, insert_stream
 from pullwake.server.store.rules.transaction import Transaction, check_int
 from pullwake.server.store.rules.wake_table import WakeState
-
-MIN_LEASE_TTL_MS = 1_000
-MAX_LEASE_TTL_MS = 600_000
-DEFAULT_LEASE_TTL_MS = 30_000
-MAX_DESCRIPTION_CHARS = 2_000
 
 
 def normalise_config(config: SubscriptionConfig) -> SubscriptionConfig:
@@ -225,7 +223,7 @@ def put_subscription(
     wake = find_stream(tx, config.wake_stream)
     if wake is None:
         insert_stream(tx, config.wake_stream, WAKE_CONTENT_TYPE, now_ms)
-    elif not is_json_content_type(wake[2]):
+    elif not is_json(wake[2]):
         raise BadRequest(
             f"wake stream {config.wake_stream!r} has content type {wake[2]!r}: wake events are "
             "JSON, so use an application/json stream",

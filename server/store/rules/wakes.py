@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import attrs
 
 from pullwake.server.errors import Conflict, StoreError, Unauthorized
+from pullwake.server.names import check_identifier
 from pullwake.server.store.base import AckItem, AckResult, Claim, Subscription
 from pullwake.server.store.offsets import format_offset, is_offset, parse_offset
-from pullwake.server.store.paths import check_identifier
 from pullwake.server.store.rules import wake_table
 from pullwake.server.store.rules.catalog import (
     WAKE_CONTENT_TYPE,
