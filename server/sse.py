@@ -33,11 +33,11 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
+from pullwake.server.content_types import Encoding
 from pullwake.server.cursors import next_cursor
 from pullwake.server.errors import NotFound
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
@@ -50,7 +50,6 @@ log = logging.getLogger("pullwake.server.sse")
 KEEPALIVE = b": keepalive\n\n"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-Encoding = Literal["json", "text", "base64"]
 Write = Callable[[bytes], Awaitable[None]]
 
 
@@ -64,16 +63,6 @@ def control_event(next_offset: str, cursor: str, up_to_date: bool) -> bytes:
     """Frame the control event that follows every data event."""
     payload = {"streamNextOffset": next_offset, "streamCursor": cursor, "upToDate": up_to_date}
     return encode_event("control", json.dumps(payload, separators=(",", ":")))
-
-
-def encoding_for(content_type: str) -> Encoding:
-    """Return how a stream of ``content_type`` travels over SSE (spec §5.7/§7)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return "json"
-    if media.startswith("text/"):
-        return "text"
-    return "base64"
 
 
 def data_event(messages: tuple[StoredMessage, ...], encoding: Encoding) -> bytes:

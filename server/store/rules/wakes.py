@@ -45,9 +45,22 @@ def wake_linked(
     for (sub_id,) in tx.fetchall(
         "SELECT sub_id FROM links WHERE stream_id = ? ORDER BY sub_id", (stream_id,)
     ):
-        sub = load_sub(tx, sub_id, lock=True)
-        if sub is not None:
-            _offer_wake(tx, sub, now_ms, path, wakes)
+        maybe_wake(tx, sub_id, now_ms, path, wakes)
+
+
+def maybe_wake(
+    tx: Transaction,
+    sub_id: str,
+    now_ms: int,
+    trigger: str | None,
+    wakes: list[tuple[str, bytes]],
+) -> bool:
+    """Issue a wake if ``sub_id`` has pending work, no wake in flight and no live lease.
+
+    A lapsed lease found here is cleared first. Returns True when a wake was issued.
+    """
+    sub = load_sub(tx, sub_id, lock=True)
+    return sub is not None and _offer_wake(tx, sub, now_ms, trigger, wakes)
 
 
 def _new_wake_id() -> str:
