@@ -1,20 +1,27 @@
-"""Errors of ``pullwake.server``; each carries the HTTP answer it becomes.
+"""Errors of ``pullwake.server``; each ``ServerError`` carries the HTTP answer it becomes.
 
-::
+Every exception class defined anywhere in ``server/`` is drawn here (a test checks the tree
+against the classes)::
 
-    PullwakeError
-    ├── UnsafeBindError             refusing to listen beyond loopback with auth off
-    └── ServerError                 (status, code, message) -> JSON error body
-        ├── BadRequest          400
-        ├── Unauthorized        401  malformed, forged or expired token
-        ├── Forbidden           403  a valid token that may not do this
-        ├── NotFound            404
+    PullwakeError                   (pullwake.errors) the root of every pullwake error
+    ├── UnsafeBindError             also ValueError: listening beyond loopback with auth off
+    ├── UnsupportedHttpServer       also ValueError: that HTTP server cannot run on this backend
+    └── ServerError                 (status, code, message) -> JSON error body; 500 INTERNAL
         ├── MethodNotAllowed    405  a known route asked with a method it does not serve
-        ├── Conflict            409  with a code: ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
-        ├── PayloadTooLarge     413
-        ├── UnsupportedMedia    415
-        ├── NotImplementedYet   501  a part of the protocol pullwake does not serve
-        └── StoreUnavailable    503  the database cannot be reached (retry later)
+        └── StoreError               what stores and handlers raise alike
+            ├── BadRequest          400  INVALID_PATH, INVALID_ID, INVALID_OFFSET, ...
+            ├── Unauthorized        401  malformed, forged or expired token (LEASE_EXPIRED)
+            ├── Forbidden           403  a valid token that may not do this
+            ├── NotFound            404  STREAM_NOT_FOUND, SUBSCRIPTION_NOT_FOUND, ...
+            ├── Conflict            409  ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
+            ├── PayloadTooLarge     413
+            ├── UnsupportedMedia    415
+            ├── NotImplementedYet   501  a part of the protocol pullwake does not serve
+            └── StoreUnavailable    503  the database cannot be reached (retry later)
+
+    Exception                       internal signals, caught inside server/, never answered
+    ├── CommitThenRaise             store/rules/transaction.py: commit, then raise its error
+    └── HeadTooLarge                http_uvicorn.py: stop parsing an oversized request head
 
 Every answer is ``{"error": {"code": ..., "message": ...}}`` plus any ``extra`` fields the
 protocol asks for (``current_holder``, ``generation`` on ``ALREADY_CLAIMED``).

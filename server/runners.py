@@ -12,15 +12,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pullwake.server import paths
+from pullwake.server import names
 from pullwake.server.bodies import int_field, object_field, read_json_object, str_field
 from pullwake.server.context import context_of
 from pullwake.server.errors import NotFound
 from pullwake.server.health import health_json, runner_json
 
 #: Bounds on a heartbeat's lease: one second to one day.
-MIN_LEASE_MS = 1_000
-MAX_LEASE_MS = 86_400_000
 
 
 async def register(request: Request) -> Response:
@@ -28,11 +26,11 @@ async def register(request: Request) -> Response:
     ctx = context_of(request)
     principal = ctx.auth.authenticate(request.headers)
     body = await read_json_object(request, ctx.config.max_body_bytes)
-    runner_id = paths.identifier(str_field(body, "id", required=True) or "", what="runner id")
+    runner_id = names.check_identifier(str_field(body, "id", required=True) or "", "runner id")
     label = str_field(body, "label")
     wake_stream = str_field(body, "wake_stream")
     if wake_stream is not None:
-        paths.stream_path(wake_stream, what="wake_stream")
+        names.check_path(wake_stream, "wake_stream")
     ctx.policy.require_self(principal, runner_id)
     if not principal.unrestricted:
         try:
@@ -48,13 +46,15 @@ async def heartbeat(request: Request) -> Response:
     """Renew a runner's lease; record its wake-stream offset and diagnostics."""
     ctx = context_of(request)
     principal = ctx.auth.authenticate(request.headers)
-    runner_id = paths.identifier(request.path_params["runner_id"], what="runner id")
+    runner_id = names.check_identifier(request.path_params["runner_id"], "runner id")
     ctx.policy.require_self(principal, runner_id)
     body = await read_json_object(request, ctx.config.max_body_bytes)
-    lease_ms = int_field(body, "lease_ms", minimum=MIN_LEASE_MS, maximum=MAX_LEASE_MS)
+    lease_ms = int_field(
+        body, "lease_ms", minimum=names.MIN_RUNNER_LEASE_MS, maximum=names.MAX_RUNNER_LEASE_MS
+    )
     offset = str_field(body, "wake_stream_offset")
     if offset is not None:
-        paths.offset(offset)
+        names.check_offset(offset)
     diagnostics = object_field(body, "diagnostics")
     runner = await ctx.store.heartbeat(runner_id, lease_ms, offset, diagnostics, ctx.clock())
     return JSONResponse(runner_json(runner))
@@ -64,7 +64,7 @@ async def show(request: Request) -> Response:
     """Return one runner's registry row."""
     ctx = context_of(request)
     principal = ctx.auth.authenticate(request.headers)
-    runner_id = paths.identifier(request.path_params["runner_id"], what="runner id")
+    runner_id = names.check_identifier(request.path_params["runner_id"], "runner id")
     ctx.policy.require_self(principal, runner_id)
     return JSONResponse(runner_json(await ctx.store.runner(runner_id)))
 
@@ -73,7 +73,7 @@ async def health(request: Request) -> Response:
     """Return the runner's liveness, diagnostics, held claims and a verdict."""
     ctx = context_of(request)
     principal = ctx.auth.authenticate(request.headers)
-    runner_id = paths.identifier(request.path_params["runner_id"], what="runner id")
+    runner_id = names.check_identifier(request.path_params["runner_id"], "runner id")
     ctx.policy.require_self(principal, runner_id)
     runner = await ctx.store.runner(runner_id)
     held = await ctx.store.claims_held_by(runner_id)

@@ -33,16 +33,16 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
-from typing import Literal
 
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
+from pullwake.server.content_types import Encoding
 from pullwake.server.cursors import next_cursor
 from pullwake.server.errors import NotFound
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
-from pullwake.server.store.base import NOW_OFFSET, START_OFFSET, Store
 from pullwake.server.store.base import Message as StoredMessage
+from pullwake.server.store.base import Store
 
 log = logging.getLogger("pullwake.server.sse")
 
@@ -50,7 +50,6 @@ log = logging.getLogger("pullwake.server.sse")
 KEEPALIVE = b": keepalive\n\n"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
-Encoding = Literal["json", "text", "base64"]
 Write = Callable[[bytes], Awaitable[None]]
 
 
@@ -64,16 +63,6 @@ def control_event(next_offset: str, cursor: str, up_to_date: bool) -> bytes:
     """Frame the control event that follows every data event."""
     payload = {"streamNextOffset": next_offset, "streamCursor": cursor, "upToDate": up_to_date}
     return encode_event("control", json.dumps(payload, separators=(",", ":")))
-
-
-def encoding_for(content_type: str) -> Encoding:
-    """Return how a stream of ``content_type`` travels over SSE (spec §5.7/§7)."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == "application/json":
-        return "json"
-    if media.startswith("text/"):
-        return "text"
-    return "base64"
 
 
 def data_event(messages: tuple[StoredMessage, ...], encoding: Encoding) -> bytes:
@@ -189,7 +178,7 @@ class EventStream:
             mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
             if result.messages or first:
-                self.offset = await self._real_offset(result.next_offset)
+                self.offset = result.next_offset
                 # The data and its control event in one write (one send, one segment).
                 data = data_event(result.messages, self.encoding) if result.messages else b""
                 await write(data + self._control(result.up_to_date))
@@ -199,12 +188,6 @@ class EventStream:
             if not await self._wait_live(write, mark):
                 await write(self._control(up_to_date=True))
                 return
-
-    async def _real_offset(self, offset: str) -> str:
-        """Never hand a sentinel (``-1``/``now``) to a reader: resolve it to the tail."""
-        if offset in (START_OFFSET, NOW_OFFSET):
-            return (await self.store.stream(self.path)).tail_offset
-        return offset
 
     async def _wait_live(self, write: Write, mark: int) -> bool:
         """Wait for new data, writing keepalives; return False when the server shuts down.

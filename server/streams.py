@@ -20,20 +20,20 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pullwake.server import paths
+from pullwake.server import names
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
+from pullwake.server.content_types import DEFAULT_TYPE, encoding_for, is_json, media_type
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
 from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet, content_type_mismatch
 from pullwake.server.shutdown import Wakeup
-from pullwake.server.sse import EventStream, SSEResponse, encoding_for
+from pullwake.server.sse import EventStream, SSEResponse
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
@@ -42,9 +42,6 @@ from pullwake.server.store.base import (
     StreamMeta,
 )
 
-JSON_TYPE = "application/json"
-DEFAULT_TYPE = "application/octet-stream"
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*", re.ASCII)
 #: Request headers of protocol features pullwake does not implement (answered 501).
 _UNSUPPORTED_HEADERS = {
     "stream-ttl": "stream TTL",
@@ -56,18 +53,6 @@ _UNSUPPORTED_HEADERS = {
     "producer-epoch": "idempotent producers",
     "producer-seq": "idempotent producers",
 }
-
-
-def media_type(header: str | None) -> str | None:
-    """Return the lower-cased media type of a Content-Type header, or None if unusable."""
-    if header is None:
-        return None
-    media = header.split(";", 1)[0].strip()
-    return media.lower() if _MEDIA_TYPE.fullmatch(media) else None
-
-
-def is_json(content_type: str) -> bool:
-    return content_type == JSON_TYPE
 
 
 def _reject_unsupported(request: Request) -> None:
@@ -121,14 +106,8 @@ def _single_query(request: Request, name: str) -> str | None:
 
 async def _path_and_principal(request: Request, ctx: AppContext) -> tuple[str, Principal]:
     principal = ctx.auth.authenticate(request.headers)
-    path = paths.stream_path(request.path_params["path"])
+    path = names.check_path(request.path_params["path"])
     return path, principal
-
-
-async def _real_tail(ctx: AppContext, path: str, offset: str) -> str:
-    if offset in (START_OFFSET, NOW_OFFSET):
-        return (await ctx.store.stream(path)).tail_offset
-    return offset
 
 
 async def stream_endpoint(request: Request) -> Response | SSEResponse:
@@ -242,7 +221,7 @@ async def read(request: Request) -> Response | SSEResponse:
     if live not in (None, "long-poll", "sse"):
         raise BadRequest(f"live={live[:40]!r} is not a read mode; use long-poll or sse.")
     if offset is not None:
-        paths.offset(offset)
+        names.check_offset(offset)
     elif live is not None:
         raise BadRequest(f"live={live} needs an offset; pass offset=-1, now, or a saved one.")
     await ctx.policy.require_stream_read(principal, path)
@@ -291,7 +270,7 @@ async def _start_offset(ctx: AppContext, meta: StreamMeta, offset: str) -> str:
     probe = await _read_clamped(ctx, meta.path, offset, 1)
     if probe.messages:
         return offset
-    return await _real_tail(ctx, meta.path, probe.next_offset)
+    return probe.next_offset
 
 
 async def _catch_up(request: Request, ctx: AppContext, meta: StreamMeta, offset: str) -> Response:
@@ -299,7 +278,7 @@ async def _catch_up(request: Request, ctx: AppContext, meta: StreamMeta, offset:
         headers = _read_headers(meta, meta.tail_offset, up_to_date=True)
         return Response(body_for((), meta.content_type), 200, headers=headers)
     result = await _read_clamped(ctx, meta.path, offset, ctx.config.max_read_bytes)
-    next_offset = await _real_tail(ctx, meta.path, result.next_offset)
+    next_offset = result.next_offset
     headers = _read_headers(meta, next_offset, result.up_to_date)
     etag = _etag(meta.path, offset, next_offset)
     if request.headers.get("if-none-match") == etag:
@@ -315,7 +294,7 @@ async def _long_poll(
     mark = ctx.store.change_mark(meta.path)
     result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
     if not result.messages:
-        start = await _real_tail(ctx, meta.path, result.next_offset)
+        start = result.next_offset
         wakeup = await ctx.shutdown.wait_for_change(
             ctx.store, meta.path, start, ctx.config.long_poll_timeout, since=mark
         )

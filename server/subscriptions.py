@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pullwake.server import paths
+from pullwake.server import names
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import (
     bool_field,
@@ -40,13 +40,9 @@ from pullwake.server.errors import (
 )
 from pullwake.server.store.base import AckItem, LinkedStream, Subscription, SubscriptionConfig
 
-MIN_LEASE_TTL_MS = 1_000
-MAX_LEASE_TTL_MS = 600_000
-DEFAULT_LEASE_TTL_MS = 30_000
-
 
 def _relative(path: str, what: str) -> str:
-    return paths.stream_path(path.strip("/"), what=what)
+    return names.check_path(path.strip("/"), what)
 
 
 def _iso(ms: int) -> str:
@@ -81,7 +77,7 @@ def subscription_json(sub: Subscription) -> dict[str, Any]:
 
 
 def _sub_id(request: Request) -> str:
-    return paths.identifier(request.path_params["sub_id"], what="subscription id")
+    return names.check_identifier(request.path_params["sub_id"], "subscription id")
 
 
 async def _visible(ctx: AppContext, principal: Principal, sub_id: str) -> Subscription:
@@ -113,7 +109,7 @@ def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
         raise BadRequest("The field 'type' must be 'pull-wake'.", code="INVALID_REQUEST")
     pattern = str_field(body, "pattern")
     if pattern is not None:
-        pattern = paths.glob_pattern(pattern.strip("/")) if pattern else None
+        pattern = names.check_pattern(pattern.strip("/")) if pattern else None
     streams = sorted({_relative(s, "stream path") for s in str_list_field(body, "streams")})
     if pattern is None and not streams:
         raise BadRequest(
@@ -124,9 +120,9 @@ def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
     lease_ttl_ms = int_field(
         body,
         "lease_ttl_ms",
-        default=DEFAULT_LEASE_TTL_MS,
-        minimum=MIN_LEASE_TTL_MS,
-        maximum=MAX_LEASE_TTL_MS,
+        default=names.DEFAULT_LEASE_TTL_MS,
+        minimum=names.MIN_LEASE_TTL_MS,
+        maximum=names.MAX_LEASE_TTL_MS,
     )
     return SubscriptionConfig(
         wake_stream=wake_stream,
@@ -201,7 +197,7 @@ async def claim(request: Request) -> Response:
     principal = ctx.auth.authenticate(request.headers)
     sub_id = _sub_id(request)
     body = await read_json_object(request, ctx.config.max_body_bytes)
-    worker = paths.identifier(str_field(body, "worker", required=True) or "", what="worker")
+    worker = names.check_identifier(str_field(body, "worker", required=True) or "", "worker")
     if not principal.unrestricted and worker != principal.runner_id:
         raise Forbidden(
             f"Runner {principal.runner_id!r} may claim only as itself; send "
@@ -270,7 +266,7 @@ def _acks(body: dict[str, Any]) -> list[AckItem]:
             )
         try:
             stream = _relative(stream, "ack stream")
-            paths.offset(offset)
+            names.check_offset(offset)
         except BadRequest as exc:
             raise Conflict(
                 f"The ack names no offset of a linked stream: {exc.message}",

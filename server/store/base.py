@@ -9,7 +9,7 @@ never decides a wake: every operation that reads then writes runs as **one trans
 the store, so two server processes on one PostgreSQL can never double-claim, and a crash between
 two statements can never leave half a claim.
 
-There is one implementation of the rules (``server/store/logic.py``, synchronous code over a
+There is one implementation of the rules (``server/store/rules/``, synchronous code over a
 small dialect-neutral transaction) and two dialects (SQLite and PostgreSQL). Calls reach the
 database through ``anyio.to_thread`` so the server runs on asyncio and trio alike.
 
@@ -28,6 +28,8 @@ from typing import Literal, Protocol
 
 import attrs
 
+from pullwake.server.names import DEFAULT_LEASE_TTL_MS
+
 # -- value types ----------------------------------------------------------------------------
 
 #: The offset a reader passes to start from the beginning of a stream.
@@ -41,6 +43,7 @@ class StreamMeta:
     path: str
     content_type: str
     #: The offset after the last message: what a reader passes to read only newer data.
+    #: Invariant: minted by the store (never ``START_OFFSET`` or ``NOW_OFFSET``).
     tail_offset: str
     created_at_ms: int
 
@@ -56,7 +59,9 @@ class Message:
 @attrs.frozen
 class ReadResult:
     messages: tuple[Message, ...]
-    #: Where the next read starts (the last returned message's offset, or the request's).
+    #: Where the next read starts: the last returned message's offset, or the tail when none
+    #: was returned. Invariant: minted by the store, never ``START_OFFSET`` or ``NOW_OFFSET``,
+    #: so callers hand it on as it is.
     next_offset: str
     #: True when ``next_offset`` is the tail.
     up_to_date: bool
@@ -64,6 +69,7 @@ class ReadResult:
 
 @attrs.frozen
 class AppendResult:
+    #: The new tail. Invariant: minted by the store (never a sentinel).
     next_offset: str
     #: (wake stream path, wake event) pairs appended in the same transaction.
     wakes: tuple[tuple[str, bytes], ...] = ()
@@ -76,7 +82,7 @@ class SubscriptionConfig:
     wake_stream: str
     pattern: str | None = None
     streams: tuple[str, ...] = ()
-    lease_ttl_ms: int = 30_000
+    lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     description: str | None = None
     type: Literal["pull-wake"] = "pull-wake"
 

@@ -48,7 +48,7 @@ import psycopg.errors
 import psycopg_pool
 
 from pullwake.server.errors import Conflict, StoreError, StoreUnavailable
-from pullwake.server.store import logic
+from pullwake.server.store import rules
 from pullwake.server.store.changes import ChangeBoard
 from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
 from pullwake.server.store.transactional import Outcome, TransactionalStore, run_body
@@ -110,7 +110,7 @@ def _to_pyformat(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class PostgresTransaction(logic.Transaction):
+class PostgresTransaction(rules.Transaction):
     """Row locks, an advisory catalog lock, a sequence for positions, NOTIFY on change."""
 
     row_lock = " FOR NO KEY UPDATE"

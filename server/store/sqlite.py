@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pullwake.server.errors import Conflict, StoreError, StoreUnavailable
-from pullwake.server.store import logic
+from pullwake.server.store import rules
 from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
 from pullwake.server.store.transactional import Outcome, TransactionalStore, run_body
 
@@ -49,7 +49,7 @@ def map_store_errors() -> Iterator[None]:
         ) from None
 
 
-class SqliteTransaction(logic.Transaction):
+class SqliteTransaction(rules.Transaction):
     """Positions come from the ``counters`` row; the write lock makes row locks moot."""
 
     def next_positions(self, count: int) -> list[int]:

@@ -3,11 +3,11 @@ once over a dialect that can run one synchronous transaction body in a worker th
 
 Theory of operation
 -------------------
-Every operation becomes ``await self._call(logic.<rule>, ...)``: the rule runs in a worker
+Every operation becomes ``await self._call(rules.<rule>, ...)``: the rule runs in a worker
 thread (``anyio.to_thread``, bounded by a :class:`anyio.CapacityLimiter` the size of the
 dialect's connection pool) inside one transaction the dialect opens and commits. The thread
 returns an :class:`Outcome`: the rule's value, the paths it changed, and an error to raise
-after commit (see ``logic.CommitThenRaise``). Back in the event loop the change board is told
+after commit (see ``rules.CommitThenRaise``). Back in the event loop the change board is told
 about the changed paths, so waiters are only ever touched from the loop.
 
 The thread call and the notification are shielded from cancellation together: a worker thread
@@ -28,7 +28,7 @@ import anyio.lowlevel
 import attrs
 
 from pullwake.server.errors import StoreError, StoreUnavailable
-from pullwake.server.store import logic
+from pullwake.server.store import rules
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
@@ -61,7 +61,7 @@ class Outcome:
 
 
 def run_body(
-    tx: logic.Transaction,
+    tx: rules.Transaction,
     body: Callable[..., Any],
     args: Sequence[Any],
     commit: Callable[[], None],
@@ -70,7 +70,7 @@ def run_body(
     """Run one rule inside an open transaction and end it: commit, or roll back and raise."""
     try:
         value = body(tx, *args)
-    except logic.CommitThenRaise as deferred:
+    except rules.CommitThenRaise as deferred:
         commit()
         return Outcome(None, dict(tx.changed), deferred.error)
     except BaseException:
@@ -133,7 +133,7 @@ class TransactionalStore:
         try:
             await anyio.to_thread.run_sync(self._open_sync, limiter=self._limiter)
             self._state = "open"
-            self._secret = await self._call(logic.load_secret, new_secret())
+            self._secret = await self._call(rules.load_secret, new_secret())
             await self._started()
         except BaseException:
             self._state = "new"
@@ -204,21 +204,21 @@ class TransactionalStore:
     async def create_stream(
         self, path: str, content_type: str, now_ms: int
     ) -> tuple[bool, StreamMeta]:
-        return await self._call(logic.create_stream, path, content_type, now_ms)
+        return await self._call(rules.create_stream, path, content_type, now_ms)
 
     async def stream(self, path: str) -> StreamMeta:
-        return await self._call(logic.stream, path, write=False)
+        return await self._call(rules.stream, path, write=False)
 
     async def append(
         self, path: str, items: Sequence[bytes], now_ms: int, *, content_type: str | None = None
     ) -> AppendResult:
-        return await self._call(logic.append, path, list(items), now_ms, content_type)
+        return await self._call(rules.append, path, list(items), now_ms, content_type)
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
-        return await self._call(logic.read, path, offset, max_bytes, write=False)
+        return await self._call(rules.read, path, offset, max_bytes, write=False)
 
     async def delete_stream(self, path: str) -> None:
-        await self._call(logic.delete_stream, path)
+        await self._call(rules.delete_stream, path)
 
     def change_mark(self, path: str) -> int:
         return self._changes.mark(path)
@@ -240,7 +240,7 @@ class TransactionalStore:
                 trusted = position is not None and since == self.change_mark(path)
                 since = None
                 if not trusted:
-                    tail = await self._call(logic.stream_tail, path, write=False)
+                    tail = await self._call(rules.stream_tail, path, write=False)
                     if position is None:
                         position = tail
                     if tail is None or position is None or tail > position:
@@ -264,22 +264,22 @@ class TransactionalStore:
     async def put_subscription(
         self, sub_id: str, config: SubscriptionConfig, now_ms: int
     ) -> tuple[bool, Subscription]:
-        return await self._call(logic.put_subscription, sub_id, config, now_ms)
+        return await self._call(rules.put_subscription, sub_id, config, now_ms)
 
     async def subscription(self, sub_id: str) -> Subscription:
-        return await self._call(logic.subscription, sub_id, write=False)
+        return await self._call(rules.subscription, sub_id, write=False)
 
     async def delete_subscription(self, sub_id: str) -> None:
-        await self._call(logic.delete_subscription, sub_id)
+        await self._call(rules.delete_subscription, sub_id)
 
     async def add_streams(self, sub_id: str, paths: Sequence[str], now_ms: int) -> None:
-        await self._call(logic.add_streams, sub_id, list(paths), now_ms)
+        await self._call(rules.add_streams, sub_id, list(paths), now_ms)
 
     async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None:
-        await self._call(logic.remove_stream, sub_id, path, now_ms)
+        await self._call(rules.remove_stream, sub_id, path, now_ms)
 
     async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim:
-        return await self._call(logic.claim, self._secret, sub_id, worker, now_ms)
+        return await self._call(rules.claim, self._secret, sub_id, worker, now_ms)
 
     async def ack(
         self,
@@ -292,23 +292,23 @@ class TransactionalStore:
         now_ms: int,
     ) -> AckResult:
         return await self._call(
-            logic.ack, self._secret, sub_id, token, wake_id, generation, list(acks), done, now_ms
+            rules.ack, self._secret, sub_id, token, wake_id, generation, list(acks), done, now_ms
         )
 
     async def release(
         self, sub_id: str, token: str, wake_id: str, generation: int, now_ms: int
     ) -> None:
-        await self._call(logic.release, self._secret, sub_id, token, wake_id, generation, now_ms)
+        await self._call(rules.release, self._secret, sub_id, token, wake_id, generation, now_ms)
 
     async def expire_leases(self, now_ms: int) -> int:
-        return await self._call(logic.expire_leases, now_ms)
+        return await self._call(rules.expire_leases, now_ms)
 
     # -- runner registry ------------------------------------------------------------------------
 
     async def register_runner(
         self, runner_id: str, label: str | None, wake_stream: str | None, now_ms: int
     ) -> tuple[bool, Runner]:
-        return await self._call(logic.register_runner, runner_id, label, wake_stream, now_ms)
+        return await self._call(rules.register_runner, runner_id, label, wake_stream, now_ms)
 
     async def heartbeat(
         self,
@@ -319,11 +319,11 @@ class TransactionalStore:
         now_ms: int,
     ) -> Runner:
         return await self._call(
-            logic.heartbeat, runner_id, lease_ms, wake_stream_offset, diagnostics, now_ms
+            rules.heartbeat, runner_id, lease_ms, wake_stream_offset, diagnostics, now_ms
         )
 
     async def runner(self, runner_id: str) -> Runner:
-        return await self._call(logic.runner, runner_id, write=False)
+        return await self._call(rules.runner, runner_id, write=False)
 
     async def claims_held_by(self, worker: str) -> tuple[Subscription, ...]:
-        return await self._call(logic.claims_held_by, worker, write=False)
+        return await self._call(rules.claims_held_by, worker, write=False)

@@ -57,10 +57,29 @@ async def test_create_stream_is_idempotent_and_conflicts_on_another_type(store: 
 
 
 async def test_content_type_is_normalised(store: Store) -> None:
+    # Stored as the lower-cased media type without parameters, as over HTTP (server/
+    # content_types.py): one rule for both ways in.
     _, meta = await store.create_stream("t", "Text/Plain ; Charset=utf-8", T0)
-    assert meta.content_type == "text/plain;charset=utf-8"
-    created, _ = await store.create_stream("t", "text/plain;charset=utf-8", T0)
+    assert meta.content_type == "text/plain"
+    created, _ = await store.create_stream("t", "text/plain", T0)
     assert not created
+    with pytest.raises(BadRequest) as exc:
+        await store.create_stream("u", "plain", T0)
+    assert_error(exc, BadRequest, "INVALID_CONTENT_TYPE")
+
+
+async def test_every_offset_a_result_carries_is_minted(store: Store) -> None:
+    """Reads from ``-1``, ``now``, the tail or a message, and appends, never hand back a
+    sentinel: the HTTP and SSE layers pass ``next_offset`` on as it is."""
+    _, meta = await store.create_stream("m", "application/octet-stream", T0)
+    results = [await store.append("m", [b"a", b"b"], T0)]
+    message = (await store.read("m", "-1", 1)).messages[0].offset
+    for offset in ("-1", "now", meta.tail_offset, message, results[0].next_offset):
+        for max_bytes in (1, 1_000):
+            results.append(await store.read("m", offset, max_bytes))
+    offsets = [result.next_offset for result in results]
+    offsets.append((await store.stream("m")).tail_offset)
+    assert all(len(offset) == OFFSET_WIDTH and offset.isdigit() for offset in offsets), offsets
 
 
 async def test_empty_stream_has_a_real_tail(store: Store) -> None:

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pullwake.server.errors import BadRequest, Unauthorized
+from pullwake.server.names import compile_glob
 from pullwake.server.store import DEFAULT_DATABASE_URL, open_store
 from pullwake.server.store.offsets import OFFSET_WIDTH, format_offset, parse_offset
-from pullwake.server.store.paths import compile_glob
 from pullwake.server.store.postgres import PostgresStore
 from pullwake.server.store.schema import migrations
 from pullwake.server.store.sqlite import SqliteStore, split_statements

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pullwake.server.errors import Conflict, StoreUnavailable
-from pullwake.server.store import logic
+from pullwake.server.store import rules
 from pullwake.server.store.base import SubscriptionConfig
 from pullwake.server.store.postgres import PostgresStore, PostgresTransaction
 from tests.fixtures.postgres import PostgresServer
@@ -145,7 +145,7 @@ async def test_a_subscription_created_during_an_append_misses_no_work(postgres_d
         with psycopg.connect(postgres_dsn) as conn:
             conn.execute("SET search_path TO pullwake")
             with conn.cursor() as cursor:
-                logic.append(PostgresTransaction(cursor), "events/a", [b"racing"], T0)
+                rules.append(PostgresTransaction(cursor), "events/a", [b"racing"], T0)
             config = SubscriptionConfig(wake_stream="wake/pool", pattern="events/*")
             done = anyio.Event()
 

@@ -1,0 +1,383 @@
+"""Wake and lease rules: issuing wakes, claims, acks, releases and lease expiry.
+
+What happens to a subscription's wake and lease columns is decided by the pure table in
+``wake_table.py`` (its docstring lists the phases and what may never happen); the rules here
+load the row and the links, ask :func:`wake_table.decide`, and apply the decision in SQL
+(:func:`_apply`). Acked positions are the one invariant kept here: they never move backwards,
+and never past the tail.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+
+import attrs
+
+from pullwake.server.errors import Conflict, StoreError, Unauthorized
+from pullwake.server.names import check_identifier
+from pullwake.server.store.base import AckItem, AckResult, Claim, Subscription
+from pullwake.server.store.offsets import format_offset, is_offset, parse_offset
+from pullwake.server.store.rules import wake_table
+from pullwake.server.store.rules.catalog import (
+    WAKE_CONTENT_TYPE,
+    append_rows,
+    find_stream,
+    insert_stream,
+)
+from pullwake.server.store.rules.subscriptions import (
+    Link,
+    SubRow,
+    load_links,
+    load_sub,
+    require_sub,
+    subscription_view,
+)
+from pullwake.server.store.rules.transaction import CommitThenRaise, Transaction, check_int
+from pullwake.server.store.tokens import TokenClaims, sign_token, verify_token
+
+
+def wake_linked(
+    tx: Transaction, stream_id: int, path: str, now_ms: int, wakes: list[tuple[str, bytes]]
+) -> None:
+    """Offer a wake to every subscription linked to a stream that was just appended to."""
+    for (sub_id,) in tx.fetchall(
+        "SELECT sub_id FROM links WHERE stream_id = ? ORDER BY sub_id", (stream_id,)
+    ):
+        maybe_wake(tx, sub_id, now_ms, path, wakes)
+
+
+def maybe_wake(
+    tx: Transaction,
+    sub_id: str,
+    now_ms: int,
+    trigger: str | None,
+    wakes: list[tuple[str, bytes]],
+) -> bool:
+    """Issue a wake if ``sub_id`` has pending work, no wake in flight and no live lease.
+
+    A lapsed lease found here is cleared first. Returns True when a wake was issued.
+    """
+    sub = load_sub(tx, sub_id, lock=True)
+    return sub is not None and _offer_wake(tx, sub, now_ms, trigger, wakes)
+
+
+def _new_wake_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def _wake_event(sub_id: str, stream_path: str, generation: int, now_ms: int) -> bytes:
+    event = {
+        "type": "wake",
+        "subscription_id": sub_id,
+        "stream": stream_path,
+        "generation": generation,
+        "ts": now_ms,
+    }
+    return json.dumps(event, separators=(",", ":")).encode("utf-8")
+
+
+def _append_wake(
+    tx: Transaction, path: str, event: bytes, now_ms: int, wakes: list[tuple[str, bytes]]
+) -> None:
+    """Append a wake event; a wake stream deleted since is created again (as JSON)."""
+    row = find_stream(tx, path, lock=True)
+    if row is None:
+        tx.lock_catalog()
+        insert_stream(tx, path, WAKE_CONTENT_TYPE, now_ms)
+        row = find_stream(tx, path, lock=True)
+        assert row is not None
+    append_rows(tx, row[0], path, [event])
+    wakes.append((path, event))
+    wake_linked(tx, row[0], path, now_ms, wakes)
+
+
+def _pending_paths(links: Sequence[Link]) -> list[str]:
+    return [link.path for link in links if link.tail > link.acked]
+
+
+def _event(
+    tx: Transaction,
+    sub: SubRow,
+    kind: wake_table.EventKind,
+    now_ms: int,
+    *,
+    links: Sequence[Link] | None = None,
+    worker: str | None = None,
+    credentials: wake_table.Credentials | None = None,
+) -> tuple[wake_table.Event, list[str]]:
+    """Build the table's event, reading the links only when the decision depends on them."""
+    pending: list[str] = []
+    known: bool | None = None
+    if wake_table.needs_pending(sub.wake_state(), kind, now_ms):
+        pending = _pending_paths(load_links(tx, sub.id) if links is None else links)
+        known = bool(pending)
+    event = wake_table.Event(
+        kind,
+        now_ms,
+        pending=known,
+        fresh_wake_id=_new_wake_id(),
+        worker=worker,
+        lease_ttl_ms=sub.config.lease_ttl_ms,
+        credentials=credentials,
+    )
+    return event, pending
+
+
+def _apply(
+    tx: Transaction,
+    sub: SubRow,
+    decision: wake_table.Decision,
+    now_ms: int,
+    *,
+    pending: Sequence[str],
+    trigger: str | None = None,
+    wakes: list[tuple[str, bytes]] | None = None,
+) -> wake_table.Decision:
+    """Write a decision: the row, the tail snapshot of a new generation, its wake event.
+
+    A refusal is raised last: as :class:`CommitThenRaise` when the decision changed the row
+    (a lapsed lease cleared, a stale wake dropped), as a plain error (nothing applied) when not.
+    """
+    new = decision.state
+    changed = new != sub.wake_state()
+    if changed:
+        tx.execute(
+            "UPDATE subscriptions SET generation = ?, wake_id = ?, holder = ?, "
+            "lease_expires_at_ms = ?, expired_generation = ? WHERE id = ?",
+            (
+                new.generation,
+                new.wake_id,
+                new.holder,
+                new.lease_expires_at_ms,
+                new.expired_generation,
+                sub.id,
+            ),
+        )
+    if decision.minted:
+        tx.execute(
+            "UPDATE links SET wake_tail_seq = "
+            "(SELECT tail_seq FROM streams WHERE streams.id = links.stream_id) WHERE sub_id = ?",
+            (sub.id,),
+        )
+    if decision.wake_event:
+        stream_path = trigger if trigger is not None and trigger in pending else pending[0]
+        event = _wake_event(sub.id, stream_path, new.generation, now_ms)
+        _append_wake(tx, sub.config.wake_stream, event, now_ms, [] if wakes is None else wakes)
+    if decision.refusal is not None:
+        error = _refusal_error(sub, decision.refusal)
+        if changed:
+            raise CommitThenRaise(error)
+        raise error
+    return decision
+
+
+def _refusal_error(sub: SubRow, refusal: wake_table.Refusal) -> StoreError:
+    if refusal.code == "ALREADY_CLAIMED":
+        return Conflict(
+            f"subscription {sub.id!r} is claimed by {sub.holder!r} until its lease ends; wait "
+            "for the next wake",
+            code="ALREADY_CLAIMED",
+            current_holder=sub.holder,
+            generation=sub.generation,
+        )
+    if refusal.code == "NO_PENDING_WORK":
+        return Conflict(
+            f"subscription {sub.id!r} has no pending work: every linked stream is acked to "
+            "its tail",
+            code="NO_PENDING_WORK",
+        )
+    if refusal.code == "LEASE_EXPIRED":
+        return _lease_expired(sub.id, refusal.generation)
+    return _fenced(sub.id, refusal.why)
+
+
+def _offer_wake(
+    tx: Transaction,
+    sub: SubRow,
+    now_ms: int,
+    trigger: str | None,
+    wakes: list[tuple[str, bytes]] | None = None,
+) -> bool:
+    """Issue a wake if ``sub`` has pending work, no wake in flight and no live lease.
+
+    A lapsed lease found here is cleared first. Returns True when a wake was issued.
+    """
+    event, pending = _event(tx, sub, "append", now_ms)
+    decision = wake_table.decide(sub.wake_state(), event)
+    _apply(tx, sub, decision, now_ms, pending=pending, trigger=trigger, wakes=wakes)
+    return decision.wake_event
+
+
+def claim(tx: Transaction, secret: str, sub_id: str, worker: str, now_ms: int) -> Claim:
+    check_identifier(worker, "worker")
+    check_int(now_ms, "now_ms")
+    sub = require_sub(tx, sub_id, lock=True)
+    links = load_links(tx, sub_id)
+    event, pending = _event(tx, sub, "claim", now_ms, links=links, worker=worker)
+    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    if decision.wake_event:
+        links = load_links(tx, sub_id)
+    state = decision.state
+    assert state.wake_id is not None
+    token = sign_token(secret, TokenClaims(sub_id, state.generation, state.wake_id, worker))
+    return Claim(
+        state.wake_id,
+        state.generation,
+        token,
+        tuple(link.linked() for link in links),
+        sub.config.lease_ttl_ms,
+    )
+
+
+def _fenced(sub_id: str, why: str) -> Conflict:
+    return Conflict(
+        f"request for subscription {sub_id!r} is fenced: {why}; drop this work and wait for "
+        "the next wake",
+        code="FENCED",
+    )
+
+
+def _lease_expired(sub_id: str, generation: int) -> Unauthorized:
+    return Unauthorized(
+        f"the lease on subscription {sub_id!r} for generation {generation} expired before this "
+        "request: ack more often than lease_ttl_ms, and claim again on the next wake",
+        code="LEASE_EXPIRED",
+    )
+
+
+def _authorise(
+    tx: Transaction,
+    secret: str,
+    kind: wake_table.EventKind,
+    sub_id: str,
+    token: str,
+    wake_id: str,
+    generation: int,
+    now_ms: int,
+) -> tuple[SubRow, wake_table.Credentials]:
+    """Check a holder's request against the current claim; return the locked subscription.
+
+    401 ``INVALID_TOKEN`` (token unreadable or forged), 404 ``SUBSCRIPTION_NOT_FOUND``
+    (deleted), 401 ``LEASE_EXPIRED`` (the token's lease lapsed: a lapsed lease found here is
+    cleared and committed, re-waking pending work), 409 ``FENCED`` (anything else stale).
+    A refusal never depends on pending work, so it is decided here, before any ack applies.
+    """
+    claims = verify_token(secret, token)
+    check_int(now_ms, "now_ms")
+    sub = require_sub(tx, sub_id, lock=True)
+    if claims.subscription_id != sub_id:
+        raise _fenced(sub_id, f"the token was issued for subscription {claims.subscription_id!r}")
+    credentials = wake_table.Credentials(
+        claims.generation, claims.wake_id, claims.worker, generation, wake_id
+    )
+    if wake_table.refusal_for(sub.wake_state(), credentials, now_ms) is not None:
+        event, pending = _event(tx, sub, kind, now_ms, credentials=credentials)
+        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+        raise AssertionError("the wake table let through a refused request")
+    return sub, credentials
+
+
+def _invalid_ack(why: str) -> Conflict:
+    return Conflict(
+        f"ack rejected, nothing applied: {why}; ack only offsets read from that stream",
+        code="INVALID_ACK",
+    )
+
+
+def ack(
+    tx: Transaction,
+    secret: str,
+    sub_id: str,
+    token: str,
+    wake_id: str,
+    generation: int,
+    acks: Sequence[AckItem],
+    done: bool,
+    now_ms: int,
+) -> AckResult:
+    kind: wake_table.EventKind = "done" if done else "ack"
+    sub, credentials = _authorise(tx, secret, kind, sub_id, token, wake_id, generation, now_ms)
+    links = {link.path: link for link in load_links(tx, sub_id)}
+    advanced: dict[str, int] = {}
+    for item in acks:
+        link = links.get(item.stream) if isinstance(item.stream, str) else None
+        if link is None:
+            raise _invalid_ack(f"stream {item.stream!r} is not linked to {sub_id!r}")
+        if not isinstance(item.offset, str) or not is_offset(item.offset):
+            raise _invalid_ack(f"offset {str(item.offset)[:64]!r} is not an offset")
+        position = parse_offset(item.offset)
+        moved = wake_table.acked_after(link.acked, link.tail, position)
+        if moved == "behind":
+            raise _invalid_ack(
+                f"offset {item.offset} of {item.stream!r} is before the committed cursor "
+                f"{format_offset(link.acked)}"
+            )
+        if moved == "past_tail":
+            raise _invalid_ack(
+                f"offset {item.offset} of {item.stream!r} is past its tail "
+                f"{format_offset(link.tail)}"
+            )
+        if position not in (link.acked, link.tail) and (
+            tx.fetchone(
+                "SELECT 1 FROM messages WHERE stream_id = ? AND seq = ?", (link.stream_id, position)
+            )
+            is None
+        ):
+            raise _invalid_ack(f"offset {item.offset} is not a message offset of {item.stream!r}")
+        assert isinstance(moved, int)
+        advanced[item.stream] = max(advanced.get(item.stream, link.acked), moved)
+    for path, position in advanced.items():
+        tx.execute(
+            "UPDATE links SET acked_seq = ? WHERE sub_id = ? AND stream_id = ? AND acked_seq < ?",
+            (position, sub_id, links[path].stream_id, position),
+        )
+    after = [
+        attrs.evolve(link, acked=advanced.get(path, link.acked)) for path, link in links.items()
+    ]
+    event, pending = _event(tx, sub, kind, now_ms, links=after, credentials=credentials)
+    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    return AckResult(next_wake=decision.wake_event)
+
+
+def release(
+    tx: Transaction,
+    secret: str,
+    sub_id: str,
+    token: str,
+    wake_id: str,
+    generation: int,
+    now_ms: int,
+) -> None:
+    sub, credentials = _authorise(tx, secret, "release", sub_id, token, wake_id, generation, now_ms)
+    event, pending = _event(tx, sub, "release", now_ms, credentials=credentials)
+    _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+
+
+def expire_leases(tx: Transaction, now_ms: int) -> int:
+    check_int(now_ms, "now_ms")
+    expired = 0
+    for (sub_id,) in tx.fetchall(
+        "SELECT id FROM subscriptions WHERE holder IS NOT NULL AND lease_expires_at_ms <= ? "
+        "ORDER BY id" + tx.row_lock + tx.skip_locked,
+        (now_ms,),
+    ):
+        sub = load_sub(tx, sub_id, lock=True)
+        if sub is None or sub.wake_state().phase(now_ms) != "lapsed":
+            continue
+        event, pending = _event(tx, sub, "expire", now_ms)
+        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+        expired += 1
+    return expired
+
+
+def claims_held_by(tx: Transaction, worker: str) -> tuple[Subscription, ...]:
+    subs = []
+    for (sub_id,) in tx.fetchall(
+        "SELECT id FROM subscriptions WHERE holder = ? ORDER BY id", (worker,)
+    ):
+        sub = load_sub(tx, sub_id, lock=False)
+        if sub is not None:
+            subs.append(subscription_view(tx, sub))
+    return tuple(subs)
