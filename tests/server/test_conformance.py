@@ -46,4 +46,6 @@ def test_reference_conformance(
     result = run_suite(reference_server.url, tmp_path)
     record_total(request.config, "reference @durable-streams/server", result)
     print(f"\nreference server: {result.summary()}")
+    for name in sorted(result.failed):
+        print(f"  reference fails: {name}")
     assert result.passed, "the reference server passed no conformance test: is the suite sound?"
