@@ -4,13 +4,21 @@ HTTP answers of a real server restarted between two producer requests."""
 
 from __future__ import annotations
 
+import itertools
+import sqlite3
+from pathlib import Path
+
 import anyio
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pullwake.server.errors import BadRequest, Conflict, Forbidden, StoreError
 from pullwake.server.store import Store, open_store
 from pullwake.server.store.base import Producer
+from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
+from pullwake.server.store.sqlite import split_statements
 from tests.fixtures.servers import ServerFactory
 from tests.server.stores import (
     T0,
@@ -200,6 +208,75 @@ async def test_producer_and_stream_seq_state_survive_a_reopen(store_url: str) ->
         await second.aclose()
 
 
+_names = itertools.count()
+
+#: (producer id, epoch, seq, Stream-Seq or None) for one append.
+_writes = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.integers(0, 2),
+        st.integers(0, 3),
+        st.none() | st.sampled_from(["1", "2", "10", "B", "a"]),
+    ),
+    max_size=25,
+)
+
+
+@pytest.mark.anyio
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(writes=_writes)
+async def test_random_writer_sequences_keep_the_invariants(
+    store: Store, writes: list[tuple[str, int, int, str | None]]
+) -> None:
+    """Whatever the order of producer and Stream-Seq appends, each is answered as the spec
+    says given the producer's last accepted (epoch, seq) and the last accepted Stream-Seq
+    (fenced, duplicate, gap, bad new epoch, Stream-Seq conflict, or appended), a duplicate
+    reports the last accepted state, and the stream holds exactly the appended ones, in
+    order."""
+    path = f"r{next(_names)}"
+    await store.create_stream(path, "application/octet-stream", T0)
+    accepted: list[bytes] = []
+    last: dict[str, tuple[int, int]] = {}
+    seqs: list[str] = []
+    for index, (name, epoch, seq, writer_seq) in enumerate(writes):
+        body = f"{index}".encode()
+        known = last.get(name)
+        # What the spec says must happen, from the producer's last accepted (epoch, seq).
+        if known is not None and epoch < known[0]:
+            expected = "PRODUCER_FENCED"
+        elif known is not None and epoch == known[0] and seq <= known[1]:
+            expected = "duplicate"
+        elif known is not None and epoch == known[0] and seq > known[1] + 1:
+            expected = "PRODUCER_SEQ_GAP"
+        elif seq != 0 and (known is None or epoch > known[0]):
+            expected = "PRODUCER_SEQ_GAP" if known is None else "PRODUCER_EPOCH_SEQ"
+        elif writer_seq is not None and seqs and writer_seq.encode() <= seqs[-1].encode():
+            expected = "STREAM_SEQ_CONFLICT"
+        else:
+            expected = "appended"
+        try:
+            result = await store.append(
+                path, [body], T0, writer_seq=writer_seq, producer=Producer(name, epoch, seq)
+            )
+        except StoreError as exc:
+            outcome = exc.code
+        else:
+            outcome = "duplicate" if result.duplicate else "appended"
+            if result.duplicate:
+                assert result.producer == Producer(name, *last[name])
+        assert outcome == expected, (index, writes[: index + 1])
+        if outcome == "appended":
+            last[name] = (epoch, seq)
+            if writer_seq is not None:
+                seqs.append(writer_seq)
+            accepted.append(body)
+    assert await _data(store, path) == accepted
+
+
 def _produce(client: httpx.Client, seq: int, epoch: int = 0, body: str = "") -> httpx.Response:
     headers = {**TEXT, "Producer-Id": "p", "Producer-Epoch": str(epoch), "Producer-Seq": str(seq)}
     return client.post("/v1/stream/s", headers=headers, content=body or f"m{seq}")
@@ -256,3 +333,28 @@ def test_malformed_writer_headers_are_400(server_factory: ServerFactory) -> None
         refused = client.put("/v1/stream/t", headers={**TEXT, "Stream-Seq": "1"})
         assert refused.status_code == 400
         assert client.get("/v1/stream/s").text == ""
+
+
+@pytest.mark.anyio
+async def test_a_database_made_before_producers_is_upgraded(tmp_path: Path) -> None:
+    """A SQLite file at migration 0001 (with a stream and messages) gains 0002 on open."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    conn.execute(SCHEMA_VERSION_DDL)
+    first = migrations("sqlite")[0]
+    for statement in split_statements(first.sql):
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, ?, 0)", (first.name,))
+    conn.execute(
+        "INSERT INTO streams (path, content_type, created_at_ms, tail_seq) "
+        "VALUES ('s', 'text/plain', 0, 0)"
+    )
+    conn.close()
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.append("s", [b"a"], T0, producer=Producer("p", 0, 0), writer_seq="1")
+        retry = await store.append("s", [b"a"], T0, producer=Producer("p", 0, 0))
+        assert retry.duplicate
+    finally:
+        await store.aclose()
