@@ -3,8 +3,8 @@
 Routes (docs/server.md has the full table):
 
 * ``/v1/stream/__ds/subscriptions/{id}[/streams[/{path}]|/claim|/ack|/release]``: pull-wake
-  subscriptions. Routed **before** ordinary streams; anything else under ``__ds`` is 404 or,
-  for webhook-only routes, 501.
+  subscriptions. Routed **before** ordinary streams; anything else under ``__ds`` is 404
+  (webhook-only routes say ``UNSUPPORTED_FEATURE``).
 * ``/v1/stream/{path}``: Durable Streams (PUT, POST, GET, HEAD, DELETE).
 * ``/v1/runners``, ``/v1/runners/{id}[/heartbeat|/health]``: the runner registry.
 * ``/healthz`` (liveness of the server itself) and ``/metrics`` (Prometheus).
@@ -37,6 +37,7 @@ from pullwake.server.bodies import DRAIN_LIMIT
 from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, context_of, wall_clock_ms
 from pullwake.server.errors import ServerError
+from pullwake.server.headers import PREFLIGHT_HEADERS, SECURITY_HEADERS
 from pullwake.server.metrics import Metrics
 from pullwake.server.shutdown import ShutdownSignal
 from pullwake.server.store.base import Store
@@ -57,6 +58,7 @@ def error_response(
 async def _server_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServerError)
     headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+    headers.update(exc.headers)
     if exc.status == 405:
         headers["allow"] = str(exc.extra.pop("allow", ""))
     if exc.status >= 500 and exc.status != 501:
@@ -84,6 +86,8 @@ class Envelope:
     costs CPU on every message; see docs/performance.md):
 
     * **errors**: any unexpected exception becomes a logged JSON 500 (counted in metrics);
+    * **browser headers**: every answer carries the security and CORS headers of
+      ``headers.py``, and a CORS preflight is answered 204 here, before routing;
     * **HEAD**: answers carry no body;
     * **metrics**: every answer is counted by route template (never the raw path: it would
       explode the labels), and timed unless it is an SSE stream;
@@ -103,6 +107,19 @@ class Envelope:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "OPTIONS" and any(
+            name == b"access-control-request-method" for name, _ in scope["headers"]
+        ):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [*SECURITY_HEADERS, *PREFLIGHT_HEADERS],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.metrics.requests.labels("preflight", "OPTIONS", "204").inc()
+            return
         began = time.perf_counter()
         is_head = scope["method"] == "HEAD"
         status = 500
@@ -121,10 +138,12 @@ class Envelope:
             if kind == "http.response.start":
                 started = True
                 status = message["status"]
-                for name, value in message.get("headers", ()):
+                headers = list(message.get("headers", ()))
+                for name, value in headers:
                     if name == b"content-type":
                         streaming = value.startswith(b"text/event-stream")
                         break
+                message = {**message, "headers": headers + list(SECURITY_HEADERS)}
             elif kind == "http.response.body":
                 if is_head and message.get("body"):
                     message = {**message, "body": b""}

@@ -45,6 +45,8 @@ class ServerError(PullwakeError):
         self.message = message
         self.code = code or self.default_code
         self.extra = extra
+        #: Response headers the answer carries besides the JSON body (say, Producer-Epoch).
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}

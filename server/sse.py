@@ -19,10 +19,11 @@ One SSE response follows one stream from a start offset:
 The framing is written by hand (a dozen lines): the client side parses with httpx-sse, but the
 writing side needs exact control over when bytes hit the socket (keepalives, the final control
 event before EOF), which the small SSE helper libraries do not give. Payload lines are split
-on every SSE line terminator (CRLF, CR, LF) so data can never inject a fake event. Every
-``data:`` field is followed by exactly one space, which parsers strip (WHATWG SSE: "if value
-starts with a space, remove it"), so a payload line that itself starts with a space survives.
-(The reference server writes ``data:`` with no space, so such a line loses its first space.)
+on every SSE line terminator (CRLF, CR, LF) so data can never inject a fake event. A line is
+written right after ``data:`` (``data:line1``, as the conformance suite expects), except one
+that itself starts with a space: it gets one extra space, which parsers strip (WHATWG SSE: "if
+value starts with a space, remove it"), so its own leading space survives. (The reference
+server writes no extra space there, so such a line loses its first space.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ Write = Callable[[bytes], Awaitable[None]]
 
 def encode_event(event: str, data: str) -> bytes:
     """Frame one SSE event; every line of ``data`` gets its own ``data:`` field."""
-    lines = "".join(f"data: {line}\n" for line in _LINE_BREAK.split(data))
+    lines = "".join(
+        f"data: {line}\n" if line.startswith(" ") else f"data:{line}\n"
+        for line in _LINE_BREAK.split(data)
+    )
     return f"event: {event}\n{lines}\n".encode()
 
 

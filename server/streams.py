@@ -13,7 +13,9 @@ Deliberate choices where the spec leaves room (also in docs/server.md):
   server say (not 415).
 * Every read answers ``Cache-Control: no-store``: CDN collapsing is out of scope, and wake
   streams are private.
-* TTL/expiry, forks, stream closure, ``Stream-Seq`` and idempotent producers are answered 501.
+* ``Stream-Seq`` and idempotent producers (``headers.py``, ``store/rules/producers.py``) are
+  served on appends; on a create (``PUT``) they are refused (400): send them on the appends.
+* TTL/expiry, forks and stream closure are answered 501.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pullwake.server import headers as protocol_headers
 from pullwake.server import names
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
@@ -48,11 +51,9 @@ _UNSUPPORTED_HEADERS = {
     "stream-expires-at": "stream expiry",
     "stream-forked-from": "stream forks",
     "stream-closed": "stream closure",
-    "stream-seq": "Stream-Seq writer sequencing",
-    "producer-id": "idempotent producers",
-    "producer-epoch": "idempotent producers",
-    "producer-seq": "idempotent producers",
 }
+#: Writer headers that belong on appends, not on a create.
+_APPEND_ONLY_HEADERS = (protocol_headers.STREAM_SEQ, *protocol_headers.PRODUCER_HEADERS)
 
 
 def _reject_unsupported(request: Request) -> None:
@@ -130,6 +131,13 @@ async def create(request: Request) -> Response:
     path, principal = await _path_and_principal(request, ctx)
     ctx.policy.require_admin(principal, "create streams")
     _reject_unsupported(request)
+    for header in _APPEND_ONLY_HEADERS:
+        if header in request.headers:
+            raise BadRequest(
+                f"pullwake does not take {header!r} on a create (PUT); send the first "
+                "messages with POST to use it.",
+                code="UNSUPPORTED_ON_CREATE",
+            )
     content_type = media_type(request.headers.get("content-type")) or DEFAULT_TYPE
     body = await read_body(request, ctx.config.max_body_bytes)
     if is_json(content_type):
@@ -155,6 +163,8 @@ async def append(request: Request) -> Response:
     path, principal = await _path_and_principal(request, ctx)
     ctx.policy.require_admin(principal, "append to streams")
     _reject_unsupported(request)
+    producer = protocol_headers.producer(request.headers)
+    writer_seq = protocol_headers.writer_seq(request.headers)
     body = await read_body(request, ctx.config.max_body_bytes)
     if not body:
         raise BadRequest("An append needs a non-empty body.", code="EMPTY_BODY")
@@ -179,10 +189,19 @@ async def append(request: Request) -> Response:
         if sent != meta.content_type:
             raise content_type_mismatch(path, meta.content_type, header) from None
         raise
-    result = await ctx.store.append(path, items, ctx.clock(), content_type=sent)
+    result = await ctx.store.append(
+        path, items, ctx.clock(), content_type=sent, writer_seq=writer_seq, producer=producer
+    )
+    headers = {"stream-next-offset": result.next_offset}
+    if result.producer is not None:
+        headers.update(protocol_headers.producer_headers(result.producer))
+    if result.duplicate:
+        # A retry of an append already applied: success, nothing added (spec: 204).
+        return Response(status_code=204, headers=headers)
     ctx.metrics.messages_appended.inc(len(items))
     ctx.metrics.wakes.inc(len(result.wakes))
-    return Response(status_code=204, headers={"stream-next-offset": result.next_offset})
+    # A producer's first success is 200 (its retries are 204), as the spec distinguishes them.
+    return Response(status_code=200 if producer else 204, headers=headers)
 
 
 async def head(request: Request) -> Response:

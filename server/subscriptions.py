@@ -34,7 +34,6 @@ from pullwake.server.errors import (
     Forbidden,
     MethodNotAllowed,
     NotFound,
-    NotImplementedYet,
     ServerError,
     Unauthorized,
 )
@@ -101,9 +100,12 @@ def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
     """Validate a create body into a normalised configuration (or raise ``BadRequest``)."""
     kind = body.get("type")
     if kind == "webhook":
-        raise NotImplementedYet(
+        # A 4xx, not a 5xx: clients retry 5xx answers, and this one will never change.
+        raise BadRequest(
             "pullwake serves pull-wake subscriptions only; webhook subscriptions are not "
-            "implemented. Use type 'pull-wake' with a wake_stream.",
+            "supported. Use type 'pull-wake' with a wake_stream.",
+            code="UNSUPPORTED_FEATURE",
+            feature="webhook subscriptions",
         )
     if kind != "pull-wake":
         raise BadRequest("The field 'type' must be 'pull-wake'.", code="INVALID_REQUEST")
@@ -315,10 +317,13 @@ async def release(request: Request) -> Response:
 
 
 async def webhook_only(request: Request) -> Response:
-    """Answer 501 for webhook-only routes (callback, JWKS)."""
-    raise NotImplementedYet(
+    """Answer 404 for webhook-only routes (callback, JWKS): no webhook subscription, callback
+    or signing key can exist here (a 4xx, since clients retry 5xx answers)."""
+    raise NotFound(
         "pullwake serves pull-wake subscriptions only; webhook callbacks and signing keys "
-        "are not implemented."
+        "are not supported.",
+        code="UNSUPPORTED_FEATURE",
+        feature="webhook subscriptions",
     )
 
 

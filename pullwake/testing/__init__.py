@@ -12,6 +12,8 @@ these; nothing here imports pytest. Processes run on 127.0.0.1 only.
 - :class:`FaultProxy` (TCP faults) and :class:`FaultGateway` (plus HTTP 500/503 bursts).
 - :func:`wait_until`: poll a condition, bounded, with a message.
 - :class:`AdminClient`: create streams, append, read, put subscriptions.
+- :mod:`pullwake.testing.conformance` (import it by name): install and run the public Durable
+  Streams conformance suite against any server, every test's status back.
 - :mod:`pullwake.testing.e2e` (import it by name): a whole deployment broken on purpose and
   judged, the fault matrix and the chaos soak.
 

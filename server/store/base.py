@@ -68,11 +68,24 @@ class ReadResult:
 
 
 @attrs.frozen
+class Producer:
+    """An idempotent producer's claim on one append: ``Producer-Id``/``-Epoch``/``-Seq``."""
+
+    id: str
+    epoch: int
+    seq: int
+
+
+@attrs.frozen
 class AppendResult:
     #: The new tail. Invariant: minted by the store (never a sentinel).
     next_offset: str
     #: (wake stream path, wake event) pairs appended in the same transaction.
     wakes: tuple[tuple[str, bytes], ...] = ()
+    #: True when an idempotent producer retried an append already applied: nothing was added.
+    duplicate: bool = False
+    #: The producer's state after this append: its epoch and highest accepted sequence number.
+    producer: Producer | None = None
 
 
 @attrs.frozen
@@ -163,7 +176,9 @@ class Store(Protocol):
       and release on a deleted subscription: nothing is advanced), ``RUNNER_NOT_FOUND``.
     * 409 ``Conflict``: ``STREAM_EXISTS``, ``SUBSCRIPTION_EXISTS``, ``OFFSET_OUT_OF_RANGE``
       (a read offset past the stream's tail), ``ALREADY_CLAIMED`` (``extra``:
-      ``current_holder``, ``generation``), ``NO_PENDING_WORK``, ``FENCED``, ``INVALID_ACK``.
+      ``current_holder``, ``generation``), ``NO_PENDING_WORK``, ``FENCED``, ``INVALID_ACK``,
+      ``STREAM_SEQ_CONFLICT`` (a ``Stream-Seq`` not above the last one), ``PRODUCER_SEQ_GAP``.
+    * 403 ``Forbidden``: ``PRODUCER_FENCED`` (an idempotent producer's epoch is stale).
     * 503 ``StoreUnavailable``: the database cannot be reached, or the store is not open
       (``STORE_NOT_OPEN``) or closed (``STORE_CLOSED``).
 
@@ -197,12 +212,24 @@ class Store(Protocol):
         ...
 
     async def append(
-        self, path: str, items: Sequence[bytes], now_ms: int, *, content_type: str | None = None
+        self,
+        path: str,
+        items: Sequence[bytes],
+        now_ms: int,
+        *,
+        content_type: str | None = None,
+        writer_seq: str | None = None,
+        producer: Producer | None = None,
     ) -> AppendResult:
         """Append ``items`` (one message each) in one transaction; issue wakes for every
         subscription that now has pending work and none in flight. With ``content_type``, the
         stream must hold that type (else ``Conflict("CONTENT_TYPE_MISMATCH")``, nothing
-        appended): the check and the append are one transaction."""
+        appended): the check and the append are one transaction.
+
+        ``producer``: an idempotent producer's (id, epoch, seq), checked first (see
+        ``rules/producers.py``): a retry of an accepted append returns ``duplicate=True`` and
+        appends nothing. ``writer_seq``: a ``Stream-Seq`` value that must sort byte-wise after
+        the stream's last one (``Conflict("STREAM_SEQ_CONFLICT")`` otherwise)."""
         ...
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:

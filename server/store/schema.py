@@ -3,6 +3,9 @@
 Each dialect applies, at ``open()``, every migration whose version is not yet recorded in the
 ``schema_version`` table, each in its own transaction together with its record, so applying
 twice is a no-op and a crash mid-migration leaves the previous version intact.
+
+Versions start at 1 and only grow, but may skip numbers: features developed side by side
+reserve their numbers (0002 producers, 0003 stream lifecycle), and either may land first.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
         found.append(Migration(int(number), entry.name, entry.read_text(encoding="utf-8")))
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"{dialect} migrations must be numbered 1, 2, 3...; found {versions}")
+    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+        raise RuntimeError(
+            f"{dialect} migrations must start at 0001 and use each number once; found {versions}"
+        )
     return tuple(found)

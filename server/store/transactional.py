@@ -36,6 +36,7 @@ from pullwake.server.store.base import (
     AckResult,
     AppendResult,
     Claim,
+    Producer,
     ReadResult,
     Runner,
     StreamMeta,
@@ -210,9 +211,18 @@ class TransactionalStore:
         return await self._call(rules.stream, path, write=False)
 
     async def append(
-        self, path: str, items: Sequence[bytes], now_ms: int, *, content_type: str | None = None
+        self,
+        path: str,
+        items: Sequence[bytes],
+        now_ms: int,
+        *,
+        content_type: str | None = None,
+        writer_seq: str | None = None,
+        producer: Producer | None = None,
     ) -> AppendResult:
-        return await self._call(rules.append, path, list(items), now_ms, content_type)
+        return await self._call(
+            rules.append, path, list(items), now_ms, content_type, writer_seq, producer
+        )
 
     async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
         return await self._call(rules.read, path, offset, max_bytes, write=False)

@@ -40,12 +40,6 @@ DELIBERATE: dict[str, tuple[Any, Any, str]] = {
         "event per read batch and its control event, the reference sends one data event per "
         "message and a single control event after the batch",
     ),
-    "put webhook subscription": (
-        400,
-        501,
-        "webhook subscriptions are out of scope for pullwake: 501 NOT_IMPLEMENTED, where the "
-        "reference (webhooks disabled) says 400",
-    ),
 }
 
 

@@ -293,8 +293,8 @@ def test_the_sweeper_re_wakes_after_a_lease_expires(server_factory: ServerFactor
         params = {"offset": tail, "live": "sse"}
         with client.stream("GET", "/v1/stream/wake/w", params=params) as response:
             for line in response.iter_lines():
-                if line.startswith("data: [") and '"wake"' in line:
-                    wake = json.loads(line[len("data: ") :])[0]
+                if line.startswith("data:[") and '"wake"' in line:
+                    wake = json.loads(line[len("data:") :])[0]
                     break
         assert wake["generation"] == won["generation"] + 1
         assert client.get(f"{SUBS}/s").json()["holder"] is None

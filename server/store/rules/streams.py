@@ -12,6 +12,7 @@ from pullwake.server.store.base import (
     START_OFFSET,
     AppendResult,
     Message,
+    Producer,
     ReadResult,
     StreamMeta,
 )
@@ -22,6 +23,13 @@ from pullwake.server.store.rules.catalog import (
     insert_stream,
     stream_meta,
     stream_not_found,
+)
+from pullwake.server.store.rules.producers import (
+    advance_writer_seq,
+    check_producer,
+    check_writer_seq,
+    judge_producer,
+    record_producer,
 )
 from pullwake.server.store.rules.transaction import Transaction, check_int
 from pullwake.server.store.rules.wakes import wake_linked
@@ -69,22 +77,39 @@ def append(
     items: Sequence[bytes],
     now_ms: int,
     content_type: str | None = None,
+    writer_seq: str | None = None,
+    producer: Producer | None = None,
 ) -> AppendResult:
+    """Append ``items``; a producer's retry is answered before ``Stream-Seq`` is checked (see
+    ``producers``), and neither check appends anything when it refuses."""
     check_int(now_ms, "now_ms")
     if not items:
         raise BadRequest("nothing to append: send at least one message", code="EMPTY_APPEND")
     for item in items:
         if not isinstance(item, (bytes, bytearray, memoryview)):
             raise BadRequest("each appended message must be bytes")
+    if producer is not None:
+        check_producer(producer)
+    if writer_seq is not None:
+        check_writer_seq(writer_seq)
     row = find_stream(tx, path, lock=True)
     if row is None:
         raise stream_not_found(path)
     if content_type is not None and content_type != row[2]:
         raise content_type_mismatch(path, row[2], content_type)
-    tail = append_rows(tx, row[0], path, items)
+    stream_id = row[0]
+    if producer is not None:
+        current = judge_producer(tx, stream_id, producer)
+        if current is not None:
+            return AppendResult(format_offset(int(row[3])), duplicate=True, producer=current)
+    if writer_seq is not None:
+        advance_writer_seq(tx, stream_id, path, writer_seq)
+    if producer is not None:
+        record_producer(tx, stream_id, producer, now_ms)
+    tail = append_rows(tx, stream_id, path, items)
     wakes: list[tuple[str, bytes]] = []
-    wake_linked(tx, row[0], path, now_ms, wakes)
-    return AppendResult(format_offset(tail), tuple(wakes))
+    wake_linked(tx, stream_id, path, now_ms, wakes)
+    return AppendResult(format_offset(tail), tuple(wakes), producer=producer)
 
 
 def _start_position(offset: str) -> int:
@@ -128,6 +153,7 @@ def delete_stream(tx: Transaction, path: str) -> None:
         raise stream_not_found(path)
     stream_id = row[0]
     tx.execute("DELETE FROM links WHERE stream_id = ?", (stream_id,))
+    tx.execute("DELETE FROM producers WHERE stream_id = ?", (stream_id,))
     tx.execute("DELETE FROM messages WHERE stream_id = ?", (stream_id,))
     tx.execute("DELETE FROM streams WHERE id = ?", (stream_id,))
     tx.notify(path)
