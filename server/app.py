@@ -57,6 +57,7 @@ def error_response(
 async def _server_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServerError)
     headers = {"www-authenticate": "Bearer"} if exc.status == 401 else {}
+    headers.update(exc.headers)
     if exc.status == 405:
         headers["allow"] = str(exc.extra.pop("allow", ""))
     if exc.status >= 500 and exc.status != 501:

@@ -9,6 +9,7 @@
         ├── Unauthorized        401  malformed, forged or expired token
         ├── Forbidden           403  a valid token that may not do this
         ├── NotFound            404
+        ├── Gone                410  a soft-deleted stream (forks still read its messages)
         ├── MethodNotAllowed    405  a known route asked with a method it does not serve
         ├── Conflict            409  with a code: ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
         ├── PayloadTooLarge     413
@@ -33,11 +34,20 @@ class ServerError(PullwakeError):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.extra = extra
+        #: Response headers the answer carries (``Stream-Closed`` on a closed stream's 409).
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
@@ -65,6 +75,11 @@ class Forbidden(StoreError):
 class NotFound(StoreError):
     status = 404
     default_code = "NOT_FOUND"
+
+
+class Gone(StoreError):
+    status = 410
+    default_code = "GONE"
 
 
 class MethodNotAllowed(ServerError):

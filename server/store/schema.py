@@ -3,6 +3,11 @@
 Each dialect applies, at ``open()``, every migration whose version is not yet recorded in the
 ``schema_version`` table, each in its own transaction together with its record, so applying
 twice is a no-op and a crash mid-migration leaves the previous version intact.
+
+Versions need not be contiguous (tracks of work number their migrations ahead of merging, so
+``0001`` and ``0003`` may ship before ``0002``): each migration applies on its own, and a
+database that has a later one still gets an earlier one it lacks. So a migration must never
+depend on another with a number it does not know to be applied before it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
         found.append(Migration(int(number), entry.name, entry.read_text(encoding="utf-8")))
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"{dialect} migrations must be numbered 1, 2, 3...; found {versions}")
+    if len(set(versions)) != len(versions) or any(version < 1 for version in versions):
+        raise RuntimeError(
+            f"{dialect} migrations must have distinct positive numbers; found {versions}"
+        )
     return tuple(found)

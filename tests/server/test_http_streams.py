@@ -346,7 +346,7 @@ async def test_body_limit_is_413(opened_store: Store) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["Stream-TTL", "Stream-Expires-At", "Stream-Forked-From", "Stream-Seq", "Producer-Id"],
+    ["Stream-Seq", "Producer-Id"],
 )
 async def test_unimplemented_features_are_501(opened_store: Store, header: str) -> None:
     async with app_client(opened_store) as client:

@@ -97,6 +97,14 @@ def _append_wake(
     wake_linked(tx, row[0], path, now_ms, wakes)
 
 
+def _takes_events(tx: Transaction, path: str) -> bool:
+    """Tell whether wake events can go to ``path``: not when it is closed or soft-deleted
+    (work then waits, unwoken, until it is deleted, when it is created again on the next
+    wake); a missing wake stream is created again."""
+    row = tx.fetchone("SELECT closed, deleted FROM streams WHERE path = ?", (path,))
+    return row is None or not (row[0] or row[1])
+
+
 def _expire_lease(tx: Transaction, sub: SubRow) -> None:
     tx.execute(
         "UPDATE subscriptions SET holder = NULL, lease_expires_at_ms = NULL, wake_id = NULL, "
@@ -125,7 +133,7 @@ def maybe_wake(
     if sub.wake_id is not None or sub.holder is not None:
         return False
     pending = [link.path for link in load_links(tx, sub_id) if link.tail > link.acked]
-    if not pending:
+    if not pending or not _takes_events(tx, sub.config.wake_stream):
         return False
     generation, _ = _mint_wake(tx, sub_id, sub.generation)
     stream_path = trigger if trigger in pending else pending[0]
