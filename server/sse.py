@@ -41,7 +41,7 @@ import anyio
 from starlette.types import Message, Receive, Scope, Send
 
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import NotFound
+from pullwake.server.errors import Gone, NotFound
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
 from pullwake.server.store.base import NOW_OFFSET, START_OFFSET, Store
 from pullwake.server.store.base import Message as StoredMessage
@@ -186,7 +186,7 @@ class EventStream:
         """Write catch-up, then live data, keepalives, and a final control event on shutdown."""
         try:
             await self._run(write)
-        except NotFound:
+        except (NotFound, Gone):  # deleted, expired, or soft-deleted (forks still read it)
             log.info("stream %r went away under an SSE reader; ending the response", self.path)
 
     async def _run(self, write: Write) -> None:

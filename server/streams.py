@@ -33,7 +33,13 @@ from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet, content_type_mismatch
+from pullwake.server.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    NotImplementedYet,
+    content_type_mismatch,
+)
 from pullwake.server.shutdown import Wakeup
 from pullwake.server.sse import EventStream, SSEResponse, encoding_for
 from pullwake.server.store.base import (
@@ -158,7 +164,11 @@ async def create(request: Request) -> Response:
     body_type = content_type
     if body_type is None and body.strip():
         assert options.fork is not None
-        body_type = (await ctx.store.stream(options.fork.source, now_ms=ctx.clock())).content_type
+        try:
+            source = await ctx.store.stream(options.fork.source, now_ms=ctx.clock())
+            body_type = source.content_type
+        except Gone:
+            pass  # the store refuses the fork (409 SOURCE_DELETED) before it reads the body
     if body_type is not None and is_json(body_type):
         items = json_messages(body, allow_empty=True) if body.strip() else []
     else:
