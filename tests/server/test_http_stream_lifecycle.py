@@ -265,6 +265,10 @@ async def test_deleting_a_forked_source_is_soft(opened_store: Store) -> None:
         expect.error(await client.put(f"{STREAMS}/src", headers=TEXT), 409)
         refork = await client.put(f"{STREAMS}/g", headers={"stream-forked-from": f"{STREAMS}/src"})
         expect.error(refork, 409, "SOURCE_DELETED")
+        with_body = await client.put(
+            f"{STREAMS}/g", headers={"stream-forked-from": f"{STREAMS}/src"}, content="x"
+        )
+        expect.error(with_body, 409, "SOURCE_DELETED")
         assert (await client.get(f"{STREAMS}/f")).text == "kept"
         assert (await client.delete(f"{STREAMS}/f")).status_code == 204
         expect.error(await client.head(f"{STREAMS}/src"), 404)
