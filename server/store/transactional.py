@@ -247,6 +247,8 @@ class TransactionalStore:
         await self._call(rules.delete_stream, path, _now(now_ms))
 
     async def expire_streams(self, now_ms: int) -> int:
+        if not await self._call(rules.streams_due, now_ms, write=False):
+            return 0
         return await self._call(rules.expire_streams, now_ms)
 
     def change_mark(self, path: str) -> int:

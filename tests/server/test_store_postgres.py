@@ -11,6 +11,7 @@ from pullwake.server.errors import Conflict, StoreUnavailable
 from pullwake.server.store import rules
 from pullwake.server.store.base import SubscriptionConfig
 from pullwake.server.store.postgres import PostgresStore, PostgresTransaction
+from pullwake.server.store.schema import migrations
 from tests.fixtures.postgres import PostgresServer
 from tests.server.stores import T0, wait_until_parked, wake_events
 
@@ -51,8 +52,10 @@ async def test_concurrent_openers_migrate_once(postgres_dsn: str) -> None:
         for store in stores:
             await store.aclose()
     with psycopg.connect(postgres_dsn) as conn:
-        rows = conn.execute("SELECT version FROM pullwake.schema_version").fetchall()
-    assert rows == [(1,)]
+        rows = conn.execute(
+            "SELECT version FROM pullwake.schema_version ORDER BY version"
+        ).fetchall()
+    assert rows == [(migration.version,) for migration in migrations("postgres")]
 
 
 async def test_many_concurrent_claims_across_stores_never_double_claim(postgres_dsn: str) -> None:

@@ -15,8 +15,10 @@ from pullwake.server.errors import BadRequest, Conflict, Gone, NotFound, StoreEr
 from pullwake.server.store import Store, open_store
 from pullwake.server.store.base import Fork, StreamOptions
 from pullwake.server.store.offsets import ZERO_OFFSET
+from pullwake.server.store.transactional import TransactionalStore
 from tests.server.stores import (
     T0,
+    counting,
     make_subscription,
     store_url_fixture,  # noqa: F401
     wait_until_parked,
@@ -222,6 +224,17 @@ async def test_expired_stream_leaves_no_link_and_no_stuck_wake(stores: Reopener)
     # ... so the next append wakes again.
     later = await store.append("events/b", [b"2"], T0 + 1_002, content_type=JSON)
     assert len(later.wakes) == 1
+
+
+async def test_a_sweep_with_nothing_due_only_reads(stores: Reopener) -> None:
+    store = await stores.open()
+    await store.create_stream("s", TEXT, T0, options=StreamOptions(ttl_seconds=60))
+    assert isinstance(store, TransactionalStore)
+    calls = counting(store)
+    assert await store.expire_streams(T0 + 59_999) == 0
+    assert calls == ["streams_due"]  # no write transaction on an idle server
+    assert await store.expire_streams(T0 + 60_000) == 1
+    assert calls == ["streams_due", "streams_due", "expire_streams"]
 
 
 async def test_a_write_meeting_an_expired_stream_removes_it(stores: Reopener) -> None:

@@ -36,7 +36,7 @@ This package re-exports every operation, so a store calls ``rules.<operation>``.
 
 from __future__ import annotations
 
-from pullwake.server.store.rules.expiry import expire_streams, touch_stream
+from pullwake.server.store.rules.expiry import expire_streams, streams_due, touch_stream
 from pullwake.server.store.rules.runners import heartbeat, register_runner, runner
 from pullwake.server.store.rules.settings import load_secret
 from pullwake.server.store.rules.streams import (
@@ -88,6 +88,7 @@ __all__ = [
     "runner",
     "stream",
     "stream_tail",
+    "streams_due",
     "subscription",
     "touch_stream",
 ]

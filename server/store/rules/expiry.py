@@ -46,6 +46,17 @@ def touch_stream(tx: Transaction, path: str, now_ms: int) -> None:
         touch(tx, row, now_ms)
 
 
+def streams_due(tx: Transaction, now_ms: int) -> bool:
+    """Tell whether some stream's deadline has passed (one indexed read: the sweeper asks
+    this first, so an idle server takes no write lock once a second)."""
+    check_int(now_ms, "now_ms")
+    row = tx.fetchone(
+        "SELECT 1 FROM streams WHERE deadline_ms IS NOT NULL AND deadline_ms <= ? LIMIT 1",
+        (now_ms,),
+    )
+    return row is not None
+
+
 def expire_streams(tx: Transaction, now_ms: int) -> int:
     """Remove streams whose deadline passed (at most ``SWEEP_BATCH``); return how many."""
     check_int(now_ms, "now_ms")
