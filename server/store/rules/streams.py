@@ -191,8 +191,10 @@ def create_stream(
         columns.update(fork_columns(source, options.fork, anchor, tail))
     assert content_type is not None
     insert_stream(tx, path, content_type, now_ms, tail=tail)
-    assignments = ", ".join(f"{name} = ?" for name in columns)
-    tx.execute(f"UPDATE streams SET {assignments} WHERE path = ?", (*columns.values(), path))
+    lifecycle = {name: value for name, value in columns.items() if value is not None}
+    if lifecycle:  # a plain stream keeps the columns' defaults
+        assignments = ", ".join(f"{name} = ?" for name in lifecycle)
+        tx.execute(f"UPDATE streams SET {assignments} WHERE path = ?", (*lifecycle.values(), path))
     row = stream_row(tx, path, lock=True)
     assert row is not None
     if copied is not None:
