@@ -6,7 +6,9 @@ same database, so what it checks after the reopen was persisted, not held in mem
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -15,6 +17,8 @@ from pullwake.server.errors import BadRequest, Conflict, Gone, NotFound, StoreEr
 from pullwake.server.store import Store, open_store
 from pullwake.server.store.base import Fork, StreamOptions
 from pullwake.server.store.offsets import ZERO_OFFSET
+from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
+from pullwake.server.store.sqlite import split_statements
 from pullwake.server.store.transactional import TransactionalStore
 from tests.server.stores import (
     T0,
@@ -398,3 +402,44 @@ async def test_fork_expiry_inherits_and_expiring_a_source_soft_deletes_it(
     await store.delete_stream("own", now_ms=T0 + 60_000)
     with pytest.raises(NotFound):
         await store.stream("src", now_ms=T0 + 60_000)
+
+
+# -- migration ----------------------------------------------------------------------------------
+
+
+async def test_a_database_from_before_0003_upgrades_with_its_streams(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    first = migrations("sqlite")[0]
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(SCHEMA_VERSION_DDL)
+        for statement in split_statements(first.sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_version (version, name, applied_at_ms) VALUES (?, ?, ?)",
+            (first.version, first.name, T0),
+        )
+        conn.execute(
+            "INSERT INTO streams (path, content_type, created_at_ms, tail_seq) "
+            "VALUES ('old', 'text/plain', ?, 1)",
+            (T0,),
+        )
+        conn.execute("INSERT INTO messages (seq, stream_id, data) VALUES (1, 1, X'6869')")
+        conn.execute("UPDATE counters SET value = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    stores = Reopener(f"sqlite:///{path}")
+    try:
+        store = await stores.open()
+        meta = await store.stream("old", now_ms=T0)
+        assert (meta.closed, meta.ttl_seconds, meta.expires_at_ms) == (False, None, None)
+        assert await text(store, "old") == "hi"
+        await store.create_stream("fork", None, T0, options=StreamOptions(fork=Fork("old")))
+        await store.append("old", [], T0, close=True)
+        store = await stores.open()
+        assert await text(store, "fork") == "hi"
+        assert (await store.stream("old", now_ms=T0)).closed
+    finally:
+        if stores.store is not None:
+            await stores.store.aclose()
