@@ -13,6 +13,7 @@ against the classes)::
             ├── Unauthorized        401  malformed, forged or expired token (LEASE_EXPIRED)
             ├── Forbidden           403  a valid token that may not do this
             ├── NotFound            404  STREAM_NOT_FOUND, SUBSCRIPTION_NOT_FOUND, ...
+            ├── Gone                410  a soft-deleted stream (forks still read its messages)
             ├── Conflict            409  ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
             ├── PayloadTooLarge     413
             ├── UnsupportedMedia    415
@@ -40,13 +41,21 @@ class ServerError(PullwakeError):
     status: ClassVar[int] = 500
     default_code: ClassVar[str] = "INTERNAL"
 
-    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code or self.default_code
         self.extra = extra
-        #: Response headers the answer carries besides the JSON body (say, Producer-Epoch).
-        self.headers: dict[str, str] = {}
+        #: Response headers the answer carries besides the JSON body (``Stream-Closed`` on a
+        #: closed stream's 409, ``Producer-Epoch`` on a fenced producer's 403).
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, **self.extra}}
@@ -74,6 +83,11 @@ class Forbidden(StoreError):
 class NotFound(StoreError):
     status = 404
     default_code = "NOT_FOUND"
+
+
+class Gone(StoreError):
+    status = 410
+    default_code = "GONE"
 
 
 class MethodNotAllowed(ServerError):

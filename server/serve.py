@@ -10,7 +10,8 @@ itself, so ``port=0`` yields a real port before anything is announced, then prin
 ``pullwake server listening on http://HOST:PORT``, that scripts and tests wait for.
 
 Three tasks run side by side: the HTTP server, the lease sweeper (every ``lease_sweep_interval``
-seconds it clears expired claim leases and re-wakes pending work; with several processes on one
+seconds it clears expired claim leases and re-wakes pending work, and removes streams whose TTL
+or expiry passed; with several processes on one
 PostgreSQL each sweeps, and the store's transactions make that safe), and the signal watcher.
 
 Shutdown on SIGINT or SIGTERM: first every SSE stream and long-poll is told to finish (a final
@@ -78,7 +79,8 @@ def hypercorn_config(config: ServerConfig, sock: socket.socket) -> HypercornConf
 
 
 async def sweep_leases(app: Starlette, interval: float) -> None:
-    """Clear expired claim leases every ``interval`` seconds (store errors are logged)."""
+    """Clear expired claim leases and remove expired streams every ``interval`` seconds
+    (store errors are logged)."""
     ctx = app.state.ctx
     assert isinstance(ctx, AppContext)
     while True:
@@ -91,6 +93,15 @@ async def sweep_leases(app: Starlette, interval: float) -> None:
         if expired:
             ctx.metrics.leases_expired.inc(expired)
             log.info("cleared %d expired claim lease(s)", expired)
+        try:
+            # Expired streams are already invisible (the rules check deadlines on access);
+            # this removes them and their links, as a DELETE would.
+            removed = await ctx.store.expire_streams(ctx.clock())
+        except Exception:
+            log.exception("stream expiry sweep failed; retrying in %.1f s", interval)
+            continue
+        if removed:
+            log.info("removed %d expired stream(s)", removed)
 
 
 async def _hypercorn_serve(

@@ -14,7 +14,9 @@ One SSE response follows one stream from a start offset:
    nothing to send, write an SSE comment line, so a reader can treat silence as a dead server.
 3. **End**: on server shutdown, write a final control event and end the body (EOF) at once,
    so readers reconnect immediately instead of waiting for a timeout. A stream deleted under
-   the reader ends the body too. A client that disconnects cancels the loop.
+   the reader ends the body too, and so does a closed stream once read to its end: its last
+   control event carries ``streamClosed: true`` and no cursor. A client that disconnects
+   cancels the loop.
 
 The framing is written by hand (a dozen lines): the client side parses with httpx-sse, but the
 writing side needs exact control over when bytes hit the socket (keepalives, the final control
@@ -40,7 +42,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from pullwake.server.content_types import Encoding
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import NotFound
+from pullwake.server.errors import Gone, NotFound
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
 from pullwake.server.store.base import Message as StoredMessage
 from pullwake.server.store.base import Store
@@ -66,6 +68,13 @@ def encode_event(event: str, data: str) -> bytes:
 def control_event(next_offset: str, cursor: str, up_to_date: bool) -> bytes:
     """Frame the control event that follows every data event."""
     payload = {"streamNextOffset": next_offset, "streamCursor": cursor, "upToDate": up_to_date}
+    return encode_event("control", json.dumps(payload, separators=(",", ":")))
+
+
+def closed_event(next_offset: str) -> bytes:
+    """Frame the last control event of a closed stream read to its end (no cursor: a reader
+    must not reconnect)."""
+    payload = {"streamNextOffset": next_offset, "upToDate": True, "streamClosed": True}
     return encode_event("control", json.dumps(payload, separators=(",", ":")))
 
 
@@ -170,7 +179,7 @@ class EventStream:
         """Write catch-up, then live data, keepalives, and a final control event on shutdown."""
         try:
             await self._run(write)
-        except NotFound:
+        except (NotFound, Gone):  # deleted, expired, or soft-deleted (forks still read it)
             log.info("stream %r went away under an SSE reader; ending the response", self.path)
 
     async def _run(self, write: Write) -> None:
@@ -181,11 +190,16 @@ class EventStream:
                 return
             mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
-            if result.messages or first:
+            # A closed stream read to its end: the last event says so, and the body ends.
+            end = result.closed and result.up_to_date
+            if result.messages or first or end:
                 self.offset = result.next_offset
                 # The data and its control event in one write (one send, one segment).
                 data = data_event(result.messages, self.encoding) if result.messages else b""
-                await write(data + self._control(result.up_to_date))
+                control = closed_event(self.offset) if end else self._control(result.up_to_date)
+                await write(data + control)
+            if end:
+                return
             first = False
             if not result.up_to_date:
                 continue

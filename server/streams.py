@@ -15,7 +15,8 @@ Deliberate choices where the spec leaves room (also in docs/server.md):
   streams are private.
 * ``Stream-Seq`` and idempotent producers (``headers.py``, ``store/rules/producers.py``) are
   served on appends; on a create (``PUT``) they are refused (400): send them on the appends.
-* TTL/expiry, forks and stream closure are answered 501.
+* Lifecycle (TTL and expiry, closure, forks): headers in ``lifecycle.py``, rules in the store;
+  a read (any mode) restarts a sliding TTL, a ``HEAD`` does not.
 """
 
 from __future__ import annotations
@@ -28,41 +29,32 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pullwake.server import headers as protocol_headers
-from pullwake.server import names
+from pullwake.server import lifecycle, names
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
 from pullwake.server.content_types import DEFAULT_TYPE, encoding_for, is_json, media_type
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet, content_type_mismatch
+from pullwake.server.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    content_type_mismatch,
+)
 from pullwake.server.shutdown import Wakeup
 from pullwake.server.sse import EventStream, SSEResponse
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
+    AppendResult,
     Message,
+    Producer,
     ReadResult,
     StreamMeta,
 )
 
-#: Request headers of protocol features pullwake does not implement (answered 501).
-_UNSUPPORTED_HEADERS = {
-    "stream-ttl": "stream TTL",
-    "stream-expires-at": "stream expiry",
-    "stream-forked-from": "stream forks",
-    "stream-closed": "stream closure",
-}
 #: Writer headers that belong on appends, not on a create.
 _APPEND_ONLY_HEADERS = (protocol_headers.STREAM_SEQ, *protocol_headers.PRODUCER_HEADERS)
-
-
-def _reject_unsupported(request: Request) -> None:
-    for header, feature in _UNSUPPORTED_HEADERS.items():
-        if header in request.headers:
-            raise NotImplementedYet(
-                f"pullwake does not implement {feature} (header {header!r}); send the request "
-                "without it.",
-            )
 
 
 def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
@@ -130,7 +122,6 @@ async def create(request: Request) -> Response:
     ctx = context_of(request)
     path, principal = await _path_and_principal(request, ctx)
     ctx.policy.require_admin(principal, "create streams")
-    _reject_unsupported(request)
     for header in _APPEND_ONLY_HEADERS:
         if header in request.headers:
             raise BadRequest(
@@ -138,20 +129,31 @@ async def create(request: Request) -> Response:
                 "messages with POST to use it.",
                 code="UNSUPPORTED_ON_CREATE",
             )
-    content_type = media_type(request.headers.get("content-type")) or DEFAULT_TYPE
+    options = lifecycle.create_options(request.headers)
+    content_type = media_type(request.headers.get("content-type"))
+    if content_type is None and options.fork is None:
+        content_type = DEFAULT_TYPE
     body = await read_body(request, ctx.config.max_body_bytes)
-    if is_json(content_type):
+    # A fork without Content-Type takes its source's: splitting its body needs that type.
+    body_type = content_type
+    if body_type is None and body.strip():
+        assert options.fork is not None
+        try:
+            source = await ctx.store.stream(options.fork.source, now_ms=ctx.clock())
+            body_type = source.content_type
+        except Gone:
+            pass  # the store refuses the fork (409 SOURCE_DELETED) before it reads the body
+    if body_type is not None and is_json(body_type):
         items = json_messages(body, allow_empty=True) if body.strip() else []
     else:
         items = [body] if body else []
-    created, meta = await ctx.store.create_stream(path, content_type, ctx.clock())
-    tail = meta.tail_offset
+    created, meta = await ctx.store.create_stream(
+        path, content_type, ctx.clock(), items=items, options=options
+    )
     if created and items:
-        result = await ctx.store.append(path, items, ctx.clock())
-        tail = result.next_offset
         ctx.metrics.messages_appended.inc(len(items))
-        ctx.metrics.wakes.inc(len(result.wakes))
-    headers = {"content-type": meta.content_type, "stream-next-offset": tail}
+    headers = {"content-type": meta.content_type, "stream-next-offset": meta.tail_offset}
+    headers.update(lifecycle.meta_headers(meta))
     if created:
         headers["location"] = _location(request)
     return Response(status_code=201 if created else 200, headers=headers)
@@ -162,12 +164,21 @@ async def append(request: Request) -> Response:
     ctx = context_of(request)
     path, principal = await _path_and_principal(request, ctx)
     ctx.policy.require_admin(principal, "append to streams")
-    _reject_unsupported(request)
     producer = protocol_headers.producer(request.headers)
     writer_seq = protocol_headers.writer_seq(request.headers)
+    close = lifecycle.closed_requested(request.headers)
     body = await read_body(request, ctx.config.max_body_bytes)
     if not body:
-        raise BadRequest("An append needs a non-empty body.", code="EMPTY_BODY")
+        if not close:
+            raise BadRequest(
+                "An append needs a non-empty body (or Stream-Closed: true to close the stream).",
+                code="EMPTY_BODY",
+            )
+        # Close-only: no content to type-check, whatever Content-Type says (spec §5.2).
+        result = await ctx.store.append(
+            path, [], ctx.clock(), writer_seq=writer_seq, producer=producer, close=True
+        )
+        return _append_answer(result, producer)
     header = request.headers.get("content-type")
     if header is None:
         raise BadRequest(
@@ -190,17 +201,30 @@ async def append(request: Request) -> Response:
             raise content_type_mismatch(path, meta.content_type, header) from None
         raise
     result = await ctx.store.append(
-        path, items, ctx.clock(), content_type=sent, writer_seq=writer_seq, producer=producer
+        path,
+        items,
+        ctx.clock(),
+        content_type=sent,
+        writer_seq=writer_seq,
+        producer=producer,
+        close=close,
     )
+    if not result.duplicate:
+        ctx.metrics.messages_appended.inc(len(items))
+        ctx.metrics.wakes.inc(len(result.wakes))
+    return _append_answer(result, producer)
+
+
+def _append_answer(result: AppendResult, producer: Producer | None) -> Response:
+    """Answer an append: 204, or 200 for a producer's first success (its retries are 204, as
+    the spec distinguishes them), with the tail, the producer's state and any closure."""
     headers = {"stream-next-offset": result.next_offset}
     if result.producer is not None:
         headers.update(protocol_headers.producer_headers(result.producer))
+    if result.closed:
+        headers["stream-closed"] = "true"
     if result.duplicate:
-        # A retry of an append already applied: success, nothing added (spec: 204).
         return Response(status_code=204, headers=headers)
-    ctx.metrics.messages_appended.inc(len(items))
-    ctx.metrics.wakes.inc(len(result.wakes))
-    # A producer's first success is 200 (its retries are 204), as the spec distinguishes them.
     return Response(status_code=200 if producer else 204, headers=headers)
 
 
@@ -209,7 +233,7 @@ async def head(request: Request) -> Response:
     ctx = context_of(request)
     path, principal = await _path_and_principal(request, ctx)
     await ctx.policy.require_stream_read(principal, path)
-    meta = await ctx.store.stream(path)
+    meta = await ctx.store.stream(path, now_ms=ctx.clock())
     return Response(
         status_code=200,
         headers={
@@ -217,6 +241,7 @@ async def head(request: Request) -> Response:
             "stream-next-offset": meta.tail_offset,
             "cache-control": "no-store",
             "etag": _etag(path, START_OFFSET, meta.tail_offset),
+            **lifecycle.meta_headers(meta, expiry=True),
         },
     )
 
@@ -226,7 +251,7 @@ async def delete(request: Request) -> Response:
     ctx = context_of(request)
     path, principal = await _path_and_principal(request, ctx)
     ctx.policy.require_admin(principal, "delete streams")
-    await ctx.store.delete_stream(path)
+    await ctx.store.delete_stream(path, now_ms=ctx.clock())
     return Response(status_code=204)
 
 
@@ -244,7 +269,10 @@ async def read(request: Request) -> Response | SSEResponse:
     elif live is not None:
         raise BadRequest(f"live={live} needs an offset; pass offset=-1, now, or a saved one.")
     await ctx.policy.require_stream_read(principal, path)
-    meta = await ctx.store.stream(path)
+    meta = await ctx.store.stream(path, now_ms=ctx.clock())
+    if meta.ttl_seconds is not None:
+        # Every read restarts a sliding TTL, a live one when it begins (spec §5.1).
+        await ctx.store.touch_stream(path, ctx.clock())
     if live == "sse":
         return await _sse(ctx, meta, offset or START_OFFSET, cursor)
     if live == "long-poll":
@@ -252,7 +280,9 @@ async def read(request: Request) -> Response | SSEResponse:
     return await _catch_up(request, ctx, meta, offset or START_OFFSET)
 
 
-def _read_headers(meta: StreamMeta, next_offset: str, up_to_date: bool) -> dict[str, str]:
+def _read_headers(
+    meta: StreamMeta, next_offset: str, up_to_date: bool, closed: bool = False
+) -> dict[str, str]:
     headers = {
         "content-type": meta.content_type,
         "stream-next-offset": next_offset,
@@ -260,6 +290,9 @@ def _read_headers(meta: StreamMeta, next_offset: str, up_to_date: bool) -> dict[
     }
     if up_to_date:
         headers["stream-up-to-date"] = "true"
+        if closed:
+            # EOF: the reader is at the end of a closed stream (never on a partial read).
+            headers["stream-closed"] = "true"
     return headers
 
 
@@ -294,11 +327,11 @@ async def _start_offset(ctx: AppContext, meta: StreamMeta, offset: str) -> str:
 
 async def _catch_up(request: Request, ctx: AppContext, meta: StreamMeta, offset: str) -> Response:
     if offset == NOW_OFFSET:
-        headers = _read_headers(meta, meta.tail_offset, up_to_date=True)
+        headers = _read_headers(meta, meta.tail_offset, up_to_date=True, closed=meta.closed)
         return Response(body_for((), meta.content_type), 200, headers=headers)
     result = await _read_clamped(ctx, meta.path, offset, ctx.config.max_read_bytes)
     next_offset = result.next_offset
-    headers = _read_headers(meta, next_offset, result.up_to_date)
+    headers = _read_headers(meta, next_offset, result.up_to_date, result.closed)
     etag = _etag(meta.path, offset, next_offset)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"etag": etag, "cache-control": "no-store"})
@@ -314,21 +347,25 @@ async def _long_poll(
     result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
     if not result.messages:
         start = result.next_offset
-        wakeup = await ctx.shutdown.wait_for_change(
-            ctx.store, meta.path, start, ctx.config.long_poll_timeout, since=mark
-        )
-        if wakeup is Wakeup.CHANGED:
-            result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
+        if not result.closed:  # a closed stream at its end answers at once: nothing will come
+            wakeup = await ctx.shutdown.wait_for_change(
+                ctx.store, meta.path, start, ctx.config.long_poll_timeout, since=mark
+            )
+            if wakeup is Wakeup.CHANGED:
+                result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
     if result.messages:
-        headers = _read_headers(meta, result.next_offset, result.up_to_date)
+        headers = _read_headers(meta, result.next_offset, result.up_to_date, result.closed)
         headers["stream-cursor"] = next_cursor(cursor)
         return Response(body_for(result.messages, meta.content_type), 200, headers=headers)
     headers = {
         "stream-next-offset": start,
         "stream-up-to-date": "true",
-        "stream-cursor": next_cursor(cursor),
         "cache-control": "no-store",
     }
+    if result.closed:
+        headers["stream-closed"] = "true"
+    else:
+        headers["stream-cursor"] = next_cursor(cursor)
     return Response(status_code=204, headers=headers)
 
 

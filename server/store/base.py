@@ -46,6 +46,35 @@ class StreamMeta:
     #: Invariant: minted by the store (never ``START_OFFSET`` or ``NOW_OFFSET``).
     tail_offset: str
     created_at_ms: int
+    #: True once the stream was closed: it takes no more appends, ever.
+    closed: bool = False
+    #: The sliding TTL window in seconds (``Stream-TTL``), or None.
+    ttl_seconds: int | None = None
+    #: The absolute expiry (``Stream-Expires-At``) in epoch ms, or None.
+    expires_at_ms: int | None = None
+
+
+@attrs.frozen
+class Fork:
+    """What a new stream forks from: ``source`` up to ``offset`` (its tail when None), then
+    ``sub_offset`` more bytes (or, for JSON, messages) of the next append."""
+
+    source: str
+    offset: str | None = None
+    sub_offset: int = 0
+
+
+@attrs.frozen
+class StreamOptions:
+    """How a stream is created, besides its content type (all optional)."""
+
+    #: A sliding TTL in seconds; each read or write restarts it. Not with ``expires_at_ms``.
+    ttl_seconds: int | None = None
+    #: An absolute expiry in epoch ms. Not with ``ttl_seconds``.
+    expires_at_ms: int | None = None
+    #: Create the stream closed (its initial items are then all it will ever hold).
+    closed: bool = False
+    fork: Fork | None = None
 
 
 @attrs.frozen
@@ -65,6 +94,8 @@ class ReadResult:
     next_offset: str
     #: True when ``next_offset`` is the tail.
     up_to_date: bool
+    #: True when the stream was closed at the time of the read (EOF once ``up_to_date``).
+    closed: bool = False
 
 
 @attrs.frozen
@@ -86,6 +117,8 @@ class AppendResult:
     duplicate: bool = False
     #: The producer's state after this append: its epoch and highest accepted sequence number.
     producer: Producer | None = None
+    #: True when the stream is closed after this append (closed by it or before).
+    closed: bool = False
 
 
 @attrs.frozen
@@ -172,13 +205,17 @@ class Store(Protocol):
       ``EMPTY_APPEND``, ``WAKE_STREAM_NOT_JSON``, ``BAD_REQUEST`` (other bad values).
     * 401 ``Unauthorized``: ``INVALID_TOKEN`` (malformed or forged), ``LEASE_EXPIRED`` (the
       token's lease lapsed; claim again on the next wake).
-    * 404 ``NotFound``: ``STREAM_NOT_FOUND``, ``SUBSCRIPTION_NOT_FOUND`` (also for claim, ack
-      and release on a deleted subscription: nothing is advanced), ``RUNNER_NOT_FOUND``.
+    * 404 ``NotFound``: ``STREAM_NOT_FOUND`` (also an expired stream),
+      ``SUBSCRIPTION_NOT_FOUND`` (also for claim, ack and release on a deleted subscription:
+      nothing is advanced), ``RUNNER_NOT_FOUND``.
     * 409 ``Conflict``: ``STREAM_EXISTS``, ``SUBSCRIPTION_EXISTS``, ``OFFSET_OUT_OF_RANGE``
       (a read offset past the stream's tail), ``ALREADY_CLAIMED`` (``extra``:
       ``current_holder``, ``generation``), ``NO_PENDING_WORK``, ``FENCED``, ``INVALID_ACK``,
-      ``STREAM_SEQ_CONFLICT`` (a ``Stream-Seq`` not above the last one), ``PRODUCER_SEQ_GAP``.
+      ``STREAM_SEQ_CONFLICT`` (a ``Stream-Seq`` not above the last one), ``PRODUCER_SEQ_GAP``,
+      ``STREAM_CLOSED`` (an append to a closed stream), ``SOURCE_DELETED`` (a fork of a
+      soft-deleted stream).
     * 403 ``Forbidden``: ``PRODUCER_FENCED`` (an idempotent producer's epoch is stale).
+    * 410 ``Gone``: ``STREAM_GONE`` (a soft-deleted stream: forks still read it).
     * 503 ``StoreUnavailable``: the database cannot be reached, or the store is not open
       (``STORE_NOT_OPEN``) or closed (``STORE_CLOSED``).
 
@@ -197,18 +234,36 @@ class Store(Protocol):
 
     # streams ----------------------------------------------------------------------------
     async def create_stream(
-        self, path: str, content_type: str, now_ms: int
+        self,
+        path: str,
+        content_type: str | None,
+        now_ms: int,
+        *,
+        items: Sequence[bytes] = (),
+        options: StreamOptions | None = None,
     ) -> tuple[bool, StreamMeta]:
-        """Create a stream; ``(True, meta)`` when new, ``(False, meta)`` when it already exists
-        with the same content type; ``Conflict("STREAM_EXISTS")`` otherwise. Links the stream
-        to every subscription whose pattern matches or that names it, at its (empty) tail.
+        """Create a stream holding ``items``, in one transaction; ``(True, meta)`` when new,
+        ``(False, meta)`` when it already exists with the same configuration (content type,
+        TTL or expiry, closure, fork source, offset and sub-offset; ``items`` are then
+        ignored), ``Conflict("STREAM_EXISTS")`` otherwise (also for the path of a
+        soft-deleted stream). Links the stream to every subscription whose pattern matches or
+        that names it, at its tail before ``items``.
 
-        Content types are compared normalised (media type and parameter names lower-cased,
-        no spaces around ``;``), and ``meta.content_type`` is the normalised form."""
+        ``content_type`` None means ``application/octet-stream``, or for a fork its source's
+        type. Content types are compared normalised (media type and parameter names
+        lower-cased, no spaces around ``;``), and ``meta.content_type`` is the normalised form.
+
+        ``options`` (see :class:`StreamOptions`): a sliding TTL or an absolute expiry (both is
+        ``BadRequest("INVALID_EXPIRY")``); created closed; a fork of a live source
+        (``NotFound`` missing, ``Conflict("SOURCE_DELETED")`` soft-deleted,
+        ``Conflict("CONTENT_TYPE_MISMATCH")`` another type, ``BadRequest`` for an offset
+        past its tail or a sub-offset past the next append). A fork with neither TTL nor
+        expiry inherits its source's. An expired stream at ``path`` is removed first."""
         ...
 
-    async def stream(self, path: str) -> StreamMeta:
-        """Metadata of one stream, or ``NotFound``."""
+    async def stream(self, path: str, *, now_ms: int | None = None) -> StreamMeta:
+        """Metadata of one stream; ``NotFound`` when missing or expired (as of ``now_ms``,
+        the wall clock when None), ``Gone`` when soft-deleted. Never restarts a TTL."""
         ...
 
     async def append(
@@ -220,6 +275,7 @@ class Store(Protocol):
         content_type: str | None = None,
         writer_seq: str | None = None,
         producer: Producer | None = None,
+        close: bool = False,
     ) -> AppendResult:
         """Append ``items`` (one message each) in one transaction; issue wakes for every
         subscription that now has pending work and none in flight. With ``content_type``, the
@@ -229,18 +285,37 @@ class Store(Protocol):
         ``producer``: an idempotent producer's (id, epoch, seq), checked first (see
         ``rules/producers.py``): a retry of an accepted append returns ``duplicate=True`` and
         appends nothing. ``writer_seq``: a ``Stream-Seq`` value that must sort byte-wise after
-        the stream's last one (``Conflict("STREAM_SEQ_CONFLICT")`` otherwise)."""
+        the stream's last one (``Conflict("STREAM_SEQ_CONFLICT")`` otherwise).
+
+        ``close`` closes the stream after the items (``items`` may then be empty). A closed
+        stream refuses appends with ``Conflict("STREAM_CLOSED")`` (its headers carry
+        ``Stream-Closed`` and the final offset) before any content type check; a close-only
+        append to it succeeds and changes nothing. Restarts a sliding TTL."""
         ...
 
-    async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
+    async def read(
+        self, path: str, offset: str, max_bytes: int, *, now_ms: int | None = None
+    ) -> ReadResult:
         """Messages after ``offset`` (``START_OFFSET`` or ``NOW_OFFSET`` allowed), at most
         about ``max_bytes`` (always at least one message when any is there), and at most
         10000 messages. ``NOW_OFFSET`` returns no messages and the tail. An offset past the
-        tail is ``Conflict("OFFSET_OUT_OF_RANGE")``."""
+        tail is ``Conflict("OFFSET_OUT_OF_RANGE")``. A fork's read sees its source's messages
+        up to the fork point, then its own. Never restarts a TTL (see ``touch_stream``)."""
         ...
 
-    async def delete_stream(self, path: str) -> None:
-        """Delete a stream and its messages and links, or ``NotFound``."""
+    async def touch_stream(self, path: str, now_ms: int) -> None:
+        """Restart the sliding TTL of a live stream (a read happened); nothing otherwise."""
+        ...
+
+    async def delete_stream(self, path: str, *, now_ms: int | None = None) -> None:
+        """Delete a stream and its links (``NotFound``, ``Gone`` when soft-deleted). A stream
+        that forks still read is soft-deleted: its path stays taken and its messages stay
+        for the forks; it is removed with the last of them."""
+        ...
+
+    async def expire_streams(self, now_ms: int) -> int:
+        """Remove streams whose TTL or expiry passed, as ``delete_stream`` does; return how
+        many (a bounded batch: call again while it returns a full one)."""
         ...
 
     def change_mark(self, path: str) -> int:
@@ -251,12 +326,12 @@ class Store(Protocol):
     async def wait_for_change(
         self, path: str, offset: str, timeout: float, *, since: int | None = None
     ) -> bool:
-        """Wait until ``path``'s tail moves past ``offset``, it is deleted, or ``timeout``
-        seconds pass; return True when something changed. Never polls on a timer.
+        """Wait until ``path``'s tail moves past ``offset``, it is deleted or closed, or
+        ``timeout`` seconds pass; return True when something changed. Never polls on a timer.
 
         Returns at once (True) when the tail is already past ``offset`` or the stream does
-        not exist; ``NOW_OFFSET`` means "past the tail as it is now". Returns False on timeout
-        and when the store closes.
+        not exist or is closed; ``NOW_OFFSET`` means "past the tail as it is now". Returns
+        False on timeout and when the store closes.
 
         ``since``: a :meth:`change_mark` taken before the read that found ``offset`` to be the
         tail. When no change of ``path`` was announced since, the store trusts that read

@@ -4,8 +4,10 @@ Each dialect applies, at ``open()``, every migration whose version is not yet re
 ``schema_version`` table, each in its own transaction together with its record, so applying
 twice is a no-op and a crash mid-migration leaves the previous version intact.
 
-Versions start at 1 and only grow, but may skip numbers: features developed side by side
-reserve their numbers (0002 producers, 0003 stream lifecycle), and either may land first.
+Versions need not be contiguous (tracks of work number their migrations ahead of merging, so
+``0001`` and ``0003`` may ship before ``0002``): each migration applies on its own, and a
+database that has a later one still gets an earlier one it lacks. So a migration must never
+depend on another with a number it does not know to be applied before it.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def migrations(dialect: str) -> tuple[Migration, ...]:
         found.append(Migration(int(number), entry.name, entry.read_text(encoding="utf-8")))
     found.sort(key=lambda migration: migration.version)
     versions = [migration.version for migration in found]
-    if not versions or versions[0] != 1 or len(set(versions)) != len(versions):
+    if len(set(versions)) != len(versions) or any(version < 1 for version in versions):
         raise RuntimeError(
-            f"{dialect} migrations must start at 0001 and use each number once; found {versions}"
+            f"{dialect} migrations must have distinct positive numbers; found {versions}"
         )
     return tuple(found)

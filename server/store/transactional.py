@@ -20,6 +20,7 @@ States: ``new`` -> ``open`` (after :meth:`open` succeeded) -> ``closed`` (after
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -40,6 +41,7 @@ from pullwake.server.store.base import (
     ReadResult,
     Runner,
     StreamMeta,
+    StreamOptions,
     Subscription,
     SubscriptionConfig,
 )
@@ -48,6 +50,11 @@ from pullwake.server.store.offsets import parse_offset
 from pullwake.server.store.tokens import new_secret
 
 T = TypeVar("T")
+
+
+def _now(now_ms: int | None) -> int:
+    """``now_ms``, or the wall clock (epoch ms) when the caller passes none."""
+    return int(time.time() * 1000) if now_ms is None else now_ms
 
 
 @attrs.frozen
@@ -203,12 +210,20 @@ class TransactionalStore:
     # -- streams --------------------------------------------------------------------------------
 
     async def create_stream(
-        self, path: str, content_type: str, now_ms: int
+        self,
+        path: str,
+        content_type: str | None,
+        now_ms: int,
+        *,
+        items: Sequence[bytes] = (),
+        options: StreamOptions | None = None,
     ) -> tuple[bool, StreamMeta]:
-        return await self._call(rules.create_stream, path, content_type, now_ms)
+        return await self._call(
+            rules.create_stream, path, content_type, now_ms, list(items), options
+        )
 
-    async def stream(self, path: str) -> StreamMeta:
-        return await self._call(rules.stream, path, write=False)
+    async def stream(self, path: str, *, now_ms: int | None = None) -> StreamMeta:
+        return await self._call(rules.stream, path, _now(now_ms), write=False)
 
     async def append(
         self,
@@ -219,16 +234,27 @@ class TransactionalStore:
         content_type: str | None = None,
         writer_seq: str | None = None,
         producer: Producer | None = None,
+        close: bool = False,
     ) -> AppendResult:
         return await self._call(
-            rules.append, path, list(items), now_ms, content_type, writer_seq, producer
+            rules.append, path, list(items), now_ms, content_type, writer_seq, producer, close
         )
 
-    async def read(self, path: str, offset: str, max_bytes: int) -> ReadResult:
-        return await self._call(rules.read, path, offset, max_bytes, write=False)
+    async def read(
+        self, path: str, offset: str, max_bytes: int, *, now_ms: int | None = None
+    ) -> ReadResult:
+        return await self._call(rules.read, path, offset, max_bytes, _now(now_ms), write=False)
 
-    async def delete_stream(self, path: str) -> None:
-        await self._call(rules.delete_stream, path)
+    async def touch_stream(self, path: str, now_ms: int) -> None:
+        await self._call(rules.touch_stream, path, now_ms)
+
+    async def delete_stream(self, path: str, *, now_ms: int | None = None) -> None:
+        await self._call(rules.delete_stream, path, _now(now_ms))
+
+    async def expire_streams(self, now_ms: int) -> int:
+        if not await self._call(rules.streams_due, now_ms, write=False):
+            return 0
+        return await self._call(rules.expire_streams, now_ms)
 
     def change_mark(self, path: str) -> int:
         return self._changes.mark(path)

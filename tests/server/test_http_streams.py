@@ -344,13 +344,6 @@ async def test_body_limit_is_413(opened_store: Store) -> None:
         expect.error(await client.post(f"{STREAMS}/small", headers=JSON, content=big), 413)
 
 
-@pytest.mark.parametrize("header", ["Stream-TTL", "Stream-Expires-At", "Stream-Forked-From"])
-async def test_unimplemented_features_are_501(opened_store: Store, header: str) -> None:
-    async with app_client(opened_store) as client:
-        response = await client.put(f"{STREAMS}/f", headers={**JSON, header: "1"})
-        expect.error(response, 501, "NOT_IMPLEMENTED")
-
-
 @pytest.mark.parametrize("header", ["Stream-Seq", "Producer-Id", "Producer-Epoch"])
 async def test_writer_headers_on_a_create_are_400(opened_store: Store, header: str) -> None:
     async with app_client(opened_store) as client:

@@ -22,10 +22,12 @@ One module per aggregate; imports point down this list, never up:
 
 * ``transaction`` -- :class:`Transaction`, :class:`CommitThenRaise`, shared argument checks.
 * ``catalog``     -- stream rows several aggregates share: find, create (and link), append rows.
+* ``forks``       -- forks: the fork point, reading across it, soft deletion and its collection.
+* ``expiry``      -- sliding TTLs and absolute expiry: touching, sweeping expired streams.
 * ``subscriptions`` -- subscription configuration, loading, links.
 * ``wakes``       -- wakes and leases: wake issue, claim, ack, release, expiry (see its
   docstring for the invariants).
-* ``streams``     -- the stream operations (append offers wakes through ``wakes``).
+* ``streams``     -- the stream operations (append offers wakes through ``wakes``; closure).
 * ``runners``     -- the runner registry.
 * ``settings``    -- store-wide settings (the token-signing secret).
 
@@ -34,6 +36,7 @@ This package re-exports every operation, so a store calls ``rules.<operation>``.
 
 from __future__ import annotations
 
+from pullwake.server.store.rules.expiry import expire_streams, streams_due, touch_stream
 from pullwake.server.store.rules.runners import heartbeat, register_runner, runner
 from pullwake.server.store.rules.settings import load_secret
 from pullwake.server.store.rules.streams import (
@@ -73,6 +76,7 @@ __all__ = [
     "delete_stream",
     "delete_subscription",
     "expire_leases",
+    "expire_streams",
     "heartbeat",
     "load_secret",
     "normalise_config",
@@ -84,5 +88,7 @@ __all__ = [
     "runner",
     "stream",
     "stream_tail",
+    "streams_due",
     "subscription",
+    "touch_stream",
 ]

@@ -97,6 +97,14 @@ def _pending_paths(links: Sequence[Link]) -> list[str]:
     return [link.path for link in links if link.tail > link.acked]
 
 
+def _takes_events(tx: Transaction, path: str) -> bool:
+    """Tell whether wake events can go to ``path``: not when it is closed or soft-deleted
+    (work then waits, unwoken, until it is deleted, when it is created again on the next
+    wake); a missing wake stream is created again."""
+    row = tx.fetchone("SELECT closed, deleted FROM streams WHERE path = ?", (path,))
+    return row is None or not (row[0] or row[1])
+
+
 def _event(
     tx: Transaction,
     sub: SubRow,
@@ -112,6 +120,10 @@ def _event(
     known: bool | None = None
     if wake_table.needs_pending(sub.wake_state(), kind, now_ms):
         pending = _pending_paths(load_links(tx, sub.id) if links is None else links)
+        if pending and kind != "claim" and not _takes_events(tx, sub.config.wake_stream):
+            # A closed or soft-deleted wake stream takes no event: the work waits unwoken
+            # (a claim still finds it).
+            pending = []
         known = bool(pending)
     event = wake_table.Event(
         kind,
