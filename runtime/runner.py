@@ -6,23 +6,25 @@ The runner *is* the lifecycle chart (:mod:`pullwake.machines.lifecycle`) run by 
 :class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. What it adds are
 the chart's five activities and the per-run objects they share:
 
-- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first. While
-  the run is ``waiting_for_server`` (``reconnecting`` after the server gave no answer) it
-  probes every ``reconnect_probe_interval`` and its first success cuts the backoff short.
+- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first and
+  beats every ``heartbeat_interval``; failing beats send ``stream_reset``.
 - ``connect`` (``connecting``): registers if needed, creates the declared subscriptions, loads
   the resume offset, opens the SSE wake stream and leaves the accepted response in the run's
-  **slot**. It returns ``"rejected"`` on a 401/403 and raises (``connect_failed``) on anything
-  else. A ``stream_reset`` from the heartbeat cancels a connect that hangs.
-- ``read_stream`` (``streaming``): takes the response from the slot, reads ``data`` and
-  ``control`` events, hands each wake to the claim pipeline with a ticket of the
-  :class:`~.offsets.WakeCursor`, and checkpoints the cursor at each control event. EOF, a read
-  timeout (silence) or a broken stream end it (``stream_ended``).
+  **slot**. Its outcome names the failure: ``rejected`` (with the error) on a 401/403 or a
+  configuration the server will never accept, ``server_lost`` when no answer came, and
+  ``connect_failed`` (it raises) on an answer that was an error. A ``stream_reset`` from the
+  heartbeat cancels a connect that hangs.
+- ``read_stream`` (``streaming``): takes the response from the slot, beats the heartbeat now,
+  reads ``data`` and ``control`` events, hands each wake to the claim pipeline with a ticket of
+  the :class:`~.offsets.WakeCursor`, and checkpoints the cursor at each control event. A read
+  timeout (silence) or a broken connection end it with ``server_lost``; EOF or an error answer
+  with ``stream_ended``.
 - ``backoff`` (``reconnecting``): waits a jittered exponential delay (small first step, capped,
   reset once a new stream delivered its first control event) and moves to the next server URL.
-  Why the stream was lost decides whether a heartbeat may end the wait early: only when the
-  server gave no answer (connect refused, reset, timed out, silence, failing heartbeats). After
-  an answer (an HTTP error, a protocol violation, a clean end) the backoff alone paces the
-  retries, so a server that keeps refusing the wake stream is never asked again any sooner.
+- ``probe`` (``server_gone``, a child of ``reconnecting``): :meth:`.Heartbeat.probe`, a fast
+  probe whose first success (``server_reachable``) cuts the backoff short. After an answer
+  (``after_answer``) no probe runs, so a server that keeps refusing the wake stream is never
+  asked again any sooner than the backoff says.
 - ``drain`` (``stopping``): closes the claim pipeline (handlers get ``grace`` seconds, then are
   cancelled; every unfinished claim is released), saves the committed offset, sends the final
   heartbeat with status ``stopped`` and closes the HTTP client; then the chart rests in
@@ -58,7 +60,7 @@ from anyio.abc import TaskGroup
 
 from pullwake.machines.lifecycle import LIFECYCLE
 
-from .actor import ActivityContext, Actor, ActorStatistics, TransitionRecord, describe
+from .actor import ActivityContext, Actor, ActorStatistics, Outcome, TransitionRecord, describe
 from .backoff import Backoff
 from .claims import ClaimPipeline, ClaimSettings, ClaimStatistics, Handler, Wake, wall_time
 from .client import (
@@ -164,10 +166,10 @@ class RunnerSettings:
     timeouts: Timeouts = attrs.field(factory=Timeouts)
     #: Reconnect backoff of the wake stream.
     backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, maximum=30.0))
-    #: While reconnecting to a server that gave no answer, heartbeat this often instead of every
-    #: ``heartbeat_interval`` (each pause drawn between half of it and all of it), so the first
-    #: beat that gets through ends the backoff within about this long of the server's return,
-    #: however far the backoff has grown. ``None`` keeps ``heartbeat_interval``.
+    #: In ``server_gone`` (reconnecting to a server that gave no answer), probe this often
+    #: (each pause drawn between half of it and all of it), so the first probe that gets
+    #: through ends the backoff within about this long of the server's return, however far the
+    #: backoff has grown. ``None`` probes every ``heartbeat_interval``.
     reconnect_probe_interval: float | None = attrs.field(default=0.5, validator=_positive_or_none)
     #: The claim pipeline's tunables (concurrency is overridden by ``Runner(concurrency=)``).
     claims: ClaimSettings = attrs.field(factory=ClaimSettings)
@@ -269,11 +271,6 @@ class _RunSession:
         self._lock = anyio.Lock()
         # Connect attempts since the last good stream: the backoff exponent.
         self.connect_failures = 0
-        # Invariant: True when the wake stream was last lost because the server gave no answer
-        # (connect refused, reset or timed out, a broken or silent stream, failing heartbeats);
-        # False when it answered (an HTTP error, a protocol violation, a clean end). Set each
-        # time the chart enters reconnecting, by stream_lost().
-        self.server_unreachable = False
         # Handlers that ignored cancellation at stop (filled by the drain).
         self.stuck: tuple[str, ...] = ()
         self.closed = False
@@ -287,32 +284,6 @@ class _RunSession:
     @property
     def wake_stream(self) -> str | None:
         return self._wake_stream
-
-    @property
-    def state(self) -> str:
-        return self.runner.state
-
-    @property
-    def waiting_for_server(self) -> bool:
-        """True while the chart is ``reconnecting`` because the server gave no answer.
-
-        Only then does the heartbeat probe every ``reconnect_probe_interval`` and a beat that
-        gets through cut the backoff (``server_reachable``). After an HTTP error the server is
-        up: reconnecting sooner would only fetch the same answer sooner, so the backoff runs.
-        """
-        return self.server_unreachable and self.state == "reconnecting"
-
-    def stream_lost(self, event: str, error: BaseException | None) -> None:
-        """Record why the wake stream is down (the event that entered ``reconnecting``).
-
-        ``stream_reset`` (failing heartbeats) and a :class:`ServerUnreachable` failure mean
-        the server gave no answer; anything else (``connect_failed`` or ``stream_ended`` on an
-        HTTP error, a protocol violation, a clean EOF) means it answered. Also called when the
-        heartbeats fail while the chart is already ``reconnecting`` (an ignored
-        ``stream_reset``): the server has since gone away.
-        """
-        self.server_unreachable = event == "stream_reset" or isinstance(error, ServerUnreachable)
-        self.heartbeat.reschedule()
 
     async def ensure_registered(self) -> None:
         """Register with the server once per run (again after forget_registration())."""
@@ -360,9 +331,6 @@ class _RunSession:
 
     def report(self) -> dict[str, Any]:
         return self.runner.health()
-
-    def reject(self, error: Rejected) -> None:
-        self.runner._fail(error)
 
     # -- connect ---------------------------------------------------------------------------
 
@@ -492,7 +460,11 @@ class Runner:
 
     @property
     def state(self) -> str:
-        """The chart's leaf state: stopped, connecting, streaming, reconnecting or stopping."""
+        """The chart's leaf state (``streaming``, ``after_answer``, ``server_gone``, ...).
+
+        ``after_answer`` and ``server_gone`` are the children of ``reconnecting``; test for that
+        phase with ``"reconnecting" in runner.configuration``.
+        """
         return self._actor.state if self._actor is not None else "stopped"
 
     @property
@@ -594,6 +566,7 @@ class Runner:
                 "connect": self._connect,
                 "read_stream": self._read_stream,
                 "backoff": self._backoff,
+                "probe": self._probe,
                 "drain": self._drain,
             },
             clock=self.clock,
@@ -742,27 +715,15 @@ class Runner:
         return self._session
 
     def _inspect(self, record: TransitionRecord) -> None:
-        session = self._session
+        """Observe one processed event: logs, diagnostics, why a run stopped, wait_state()."""
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
-            if session is not None and record.event is not None:
-                if record.target[-1] == "streaming":
-                    session.heartbeat.nudge()
-                elif record.target[-1] == "reconnecting":
-                    session.stream_lost(record.event, record.error)
-        elif (
-            record.kind == "ignored"
-            and record.event == "stream_reset"
-            and record.source[-1] == "reconnecting"
-            and session is not None
-            and not session.waiting_for_server
-        ):
-            # The heartbeats lost the server while the runner was already waiting to
-            # reconnect after an answer (an HTTP error): a beat that gets through may now cut
-            # the wait, since the server has been away.
-            logger.debug("%s: %s", self.runner_id, describe(record))
-            session.stream_lost("stream_reset", None)
+            if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
+                # The refusal that ends this run travelled with the event: keep it to raise.
+                self._error = record.error
+                self.diagnostics.record_error(str(record.error))
+                logger.error("%s: stopping: %s", self.runner_id, record.error)
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:
@@ -773,24 +734,16 @@ class Runner:
         if self._inspect_hook is not None:
             self._inspect_hook(record)
 
-    def _fail(self, error: RuntimeFailure) -> None:
-        """Remember why this run must stop by itself (the chart's ``rejected``)."""
-        if self._error is None:
-            self._error = error
-            self.diagnostics.record_error(str(error))
-            logger.error("%s: stopping: %s", self.runner_id, error)
-
     def _rejected_by_pipeline(self, error: Rejected) -> None:
-        self._fail(error)
         if self._actor is not None:
-            self._actor.send_nowait("rejected")
+            self._actor.send_nowait("rejected", error=error)
 
     # -- activities ------------------------------------------------------------------------
 
-    async def _heartbeat(self, ctx: ActivityContext) -> str | None:
+    async def _heartbeat(self, ctx: ActivityContext) -> Outcome | None:
         return await self._session_now().heartbeat.run(ctx)
 
-    async def _connect(self, ctx: ActivityContext) -> str | None:
+    async def _connect(self, ctx: ActivityContext) -> Outcome | None:
         session = self._session_now()
         await session.slot.discard()
         self.diagnostics.server = session.client.base_url
@@ -798,20 +751,21 @@ class Runner:
             cursor = await session.ensure_ready()
             assert session.wake_stream is not None
             connection = await session.client.open_wake_stream(session.wake_stream, cursor.read)
-        except Rejected as exc:
-            self._fail(exc)
-            return "rejected"
-        except (RunnerError, Conflict) as exc:
-            # A configuration the server will never accept as is: stop with a clear error.
-            self._fail(exc)
-            return "rejected"
+        except (Rejected, RunnerError, Conflict) as exc:
+            # Refused credentials, or a configuration the server will never accept as is:
+            # stop with a clear error.
+            return Outcome("rejected", exc)
+        except ServerUnreachable as exc:
+            self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
+            return Outcome("server_lost", exc)
         except (RequestFailed, OSError) as exc:
+            # An answer that was an error (or the local offset store failed): connect_failed.
             self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
             raise
         session.slot.put(connection)
         return None
 
-    async def _read_stream(self, ctx: ActivityContext) -> str | None:
+    async def _read_stream(self, ctx: ActivityContext) -> Outcome | None:
         session = self._session_now()
         connection = session.slot.take()
         if connection is None:
@@ -822,6 +776,8 @@ class Runner:
         allowed = self.subscription_ids
         diagnostics = self.diagnostics
         diagnostics.stream_up()
+        # The server's view of the runner (its verdict, stream_connected) follows at once.
+        session.heartbeat.nudge()
         try:
             async for event in connection.events():
                 diagnostics.events_received += 1
@@ -840,6 +796,10 @@ class Runner:
                     session.connect_failures = 0
             diagnostics.record_error("wake stream ended (EOF); reconnecting")
             return None
+        except ServerUnreachable as exc:
+            # Silence past the read timeout or a broken connection: no answer.
+            diagnostics.record_error(f"wake stream: {describe_failure(exc)}")
+            return Outcome("server_lost", exc)
         except RequestFailed as exc:
             diagnostics.record_error(f"wake stream: {describe_failure(exc)}")
             raise
@@ -859,6 +819,9 @@ class Runner:
         logger.info("%s: reconnecting in %.3f s", self.runner_id, delay)
         await self.clock.sleep(delay)
         return None
+
+    async def _probe(self, ctx: ActivityContext) -> Outcome | None:
+        return await self._session_now().heartbeat.probe(ctx)
 
     async def _drain(self, ctx: ActivityContext) -> str | None:
         session = self._session_now()

@@ -69,10 +69,11 @@ def test_mermaid_draws_every_transition_with_its_event_id() -> None:
 def test_mermaid_lists_the_activity_table() -> None:
     text = mermaid(LIFECYCLE)
     assert 'state "running (do / heartbeat)" as running {' in text
+    assert 'state "reconnecting (do / backoff)" as reconnecting {' in text
     for state, activity in [
         ("connecting", "connect"),
         ("streaming", "read_stream"),
-        ("reconnecting", "backoff"),
+        ("server_gone", "probe"),
         ("stopping", "drain"),
     ]:
         # Declared first, so Mermaid shows the name above the activity, not instead of it.

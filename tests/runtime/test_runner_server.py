@@ -343,7 +343,8 @@ async def test_a_wrong_token_stops_the_runner_with_a_clear_error_and_no_retry_lo
         ("connecting", "rejected", "stopping"),
         ("stopping", "drained", "stopped"),
     ]
-    assert not transitions.find("reconnecting", "backoff_elapsed")
+    assert not transitions.find("after_answer", "backoff_elapsed")
+    assert not transitions.find("server_gone", "backoff_elapsed")
 
 
 async def test_tokens_keep_runners_out_of_each_others_wake_streams_and_claims(
