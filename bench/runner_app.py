@@ -13,7 +13,7 @@ import sys
 
 import anyio
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim
 from pullwake.runtime.offsets import MemoryOffsetStore
 from pullwake.runtime.runner import Runner, SubscriptionSpec
 

@@ -21,7 +21,7 @@ import anyio
 import httpx
 import wire
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim
 from pullwake.runtime.offsets import MemoryOffsetStore
 from pullwake.runtime.runner import Runner, RunnerSettings, SubscriptionSpec
 

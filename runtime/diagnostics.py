@@ -9,11 +9,14 @@ wrong right now; the server's health view turns a non-empty list into a "degrade
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .claims import ClaimStatistics, wall_time
+from .clock import wall_time
+
+if TYPE_CHECKING:
+    from .claims import ClaimStatistics
 
 __all__ = ["Diagnostics"]
 

@@ -43,9 +43,8 @@ from typing import Any, Protocol
 import anyio
 
 from .actor import ActivityContext, Outcome
-from .claims import wall_time
 from .client import Client, describe_failure
-from .clock import Clock
+from .clock import Clock, wall_time
 from .diagnostics import Diagnostics
 from .errors import NotFound, Rejected, RequestFailed
 

@@ -3,43 +3,21 @@
 Theory of operation
 -------------------
 The runner *is* the lifecycle chart (:mod:`pullwake.machines.lifecycle`) run by an
-:class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. What it adds are
-the chart's five activities and the per-run objects they share:
+:class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. This module is
+its public face: ``async with``, :meth:`Runner.start`, :meth:`Runner.stop`, :meth:`Runner.run`,
+:meth:`Runner.wait_state`, :meth:`Runner.health` and :meth:`Runner.statistics`.
 
-- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first and
-  beats every ``heartbeat_interval``; failing beats send ``stream_reset``.
-- ``connect`` (``connecting``): registers if needed, creates the declared subscriptions, loads
-  the resume offset, opens the SSE wake stream and leaves the accepted response in the run's
-  **slot**. Its outcome names the failure: ``rejected`` (with the error) on a 401/403 or a
-  configuration the server will never accept, ``server_lost`` when no answer came, and
-  ``connect_failed`` (it raises) on an answer that was an error. A ``stream_reset`` from the
-  heartbeat cancels a connect that hangs.
-- ``read_stream`` (``streaming``): takes the response from the slot, beats the heartbeat now,
-  reads ``data`` and ``control`` events, hands each wake to the claim pipeline with a ticket of
-  the :class:`~.offsets.WakeCursor`, and checkpoints the cursor at each control event. A read
-  timeout (silence) or a broken connection end it with ``server_lost``; EOF or an error answer
-  with ``stream_ended``.
-- ``backoff`` (``reconnecting``): waits a jittered exponential delay (small first step, capped,
-  reset once a new stream delivered its first control event) and moves to the next server URL.
-- ``probe`` (``server_gone``, a child of ``reconnecting``): :meth:`.Heartbeat.probe`, a fast
-  probe whose first success (``server_reachable``) cuts the backoff short. After an answer
-  (``after_answer``) no probe runs, so a server that keeps refusing the wake stream is never
-  asked again any sooner than the backoff says.
-- ``drain`` (``stopping``): closes the claim pipeline (handlers get ``grace`` seconds, then are
-  cancelled; every unfinished claim is released), saves the committed offset, sends the final
-  heartbeat with status ``stopped`` and closes the HTTP client; then the chart rests in
-  ``stopped``.
-
-Every activity starts by closing a response left in the slot, so a connection opened by a
-connect whose ``connected`` event lost a race with ``stream_reset`` never leaks.
+Each ``start()`` makes a :class:`~.run.Run` (:mod:`.run`): the run's objects and the chart's
+activities, given a frozen :class:`~.run.RunConfig`, the clock, the random source and the
+counters, never the runner itself. The actor's activity table delegates to the current run.
 
 Per-wake work never goes through the chart: wakes and claims flow from ``read_stream`` to the
 :class:`~.claims.ClaimPipeline`, whose host task lives in the runner's own task group for the
 length of one run (it must outlive reconnects, and handlers get their grace at stop).
 
-One run is everything from ``start()`` to the ``drained`` event: a fresh HTTP client, pipeline,
-cursor and slot, all closed by the drain. Nothing is global, so stopping and starting again,
-in one process, stacks nothing.
+The runner only *observes* the chart (its ``inspect`` hook): it logs each transition, copies
+the leaf state into the diagnostics, wakes :meth:`Runner.wait_state`, and keeps the error that
+travelled with a ``rejected`` event, to raise it. It never decides a reaction itself.
 """
 
 from __future__ import annotations
@@ -47,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -60,133 +37,27 @@ from anyio.abc import TaskGroup
 
 from pullwake.machines.lifecycle import LIFECYCLE
 
-from .actor import ActivityContext, Actor, ActorStatistics, Outcome, TransitionRecord, describe
-from .backoff import Backoff
-from .claims import ClaimPipeline, ClaimSettings, ClaimStatistics, Handler, Wake, wall_time
-from .client import (
-    START_OFFSET,
-    Client,
-    ControlEvent,
-    DataEvent,
-    Timeouts,
-    WakeStreamConnection,
-    describe_failure,
+from .actor import (
+    ActivityContext,
+    ActivityFn,
+    Actor,
+    ActorStatistics,
+    Outcome,
+    TransitionRecord,
+    describe,
 )
+from .claims import ClaimStatistics
 from .clock import Clock, SystemClock
 from .diagnostics import Diagnostics
-from .errors import (
-    Conflict,
-    NotFound,
-    Rejected,
-    RequestFailed,
-    RunnerError,
-    RunnerNotRunning,
-    RuntimeFailure,
-    ServerUnreachable,
-    StopTimeout,
-)
-from .heartbeat import Heartbeat
-from .offsets import (
-    FileOffsetStore,
-    OffsetStore,
-    RegistryOffsetStore,
-    WakeCursor,
-    default_offset_path,
-)
+from .errors import Rejected, RunnerError, RunnerNotRunning, RuntimeFailure, StopTimeout
+from .offsets import OffsetStore
+from .run import Run, RunConfig, RunCounters
+from .settings import RunnerSettings, SubscriptionSpec
+from .work import Handler
 
-__all__ = ["Runner", "RunnerSettings", "RunnerStatistics", "SubscriptionSpec"]
+__all__ = ["Runner", "RunnerStatistics"]
 
 logger = logging.getLogger("pullwake.runner")
-
-
-@attrs.frozen
-class SubscriptionSpec:
-    """A pull-wake subscription the runner creates (or re-confirms) when it connects.
-
-    ``wake_stream`` defaults to the runner's. Give ``pattern`` (a glob: ``*`` one segment,
-    ``**`` any) or ``streams`` (explicit paths), or both.
-    """
-
-    id: str
-    pattern: str | None = None
-    streams: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    lease_ttl_ms: int | None = None
-    description: str | None = None
-    wake_stream: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not self.id:
-            raise ValueError("a subscription needs an id")
-        if self.pattern is None and not self.streams:
-            raise ValueError(f"subscription {self.id!r} needs a pattern or streams")
-
-    def body(self, wake_stream: str) -> dict[str, Any]:
-        """Return the PUT body for this subscription."""
-        body: dict[str, Any] = {"wake_stream": self.wake_stream or wake_stream}
-        if self.pattern is not None:
-            body["pattern"] = self.pattern
-        if self.streams:
-            body["streams"] = list(self.streams)
-        if self.lease_ttl_ms is not None:
-            body["lease_ttl_ms"] = self.lease_ttl_ms
-        if self.description is not None:
-            body["description"] = self.description
-        return body
-
-
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0, got {value!r}")
-
-
-def _positive_or_none(
-    instance: object, attribute: attrs.Attribute[Any], value: float | None
-) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0 or None, got {value!r}")
-
-
-@attrs.frozen
-class RunnerSettings:
-    """Every tunable of a runner, with production defaults; tests shrink them.
-
-    Delays (heartbeat and probe intervals, backoffs) are in clock seconds; timeouts and stop
-    bounds are in real seconds.
-    """
-
-    #: Seconds between heartbeats; also how often liveness is probed.
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    #: Bound on one heartbeat; ``None`` means the interval.
-    heartbeat_timeout: float | None = None
-    #: The lease the heartbeat asks for; ``None`` means three intervals (at least 1 s).
-    lease_ms: int | None = None
-    #: Consecutive heartbeat failures that reset the wake stream (abort a hung connect).
-    failures_before_reset: int = attrs.field(default=2, validator=attrs.validators.ge(1))
-    #: Connect, read (silence on the wake stream) and request timeouts.
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
-    #: Reconnect backoff of the wake stream.
-    backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, maximum=30.0))
-    #: In ``server_gone`` (reconnecting to a server that gave no answer), probe this often
-    #: (each pause drawn between half of it and all of it), so the first probe that gets
-    #: through ends the backoff within about this long of the server's return, however far the
-    #: backoff has grown. ``None`` probes every ``heartbeat_interval``.
-    reconnect_probe_interval: float | None = attrs.field(default=0.5, validator=_positive_or_none)
-    #: The claim pipeline's tunables (concurrency is overridden by ``Runner(concurrency=)``).
-    claims: ClaimSettings = attrs.field(factory=ClaimSettings)
-    #: After ``grace``: real seconds for cancelled handlers to end, and again for the final
-    #: releases and heartbeat. ``stop()`` returns within ``grace + 3 * stop_bound``.
-    stop_bound: float = attrs.field(default=1.0, validator=_positive)
-    #: How long the actor waits for an activity that ignores cancellation.
-    exit_timeout: float = attrs.field(default=5.0, validator=_positive)
-    #: Where a runner with no saved offset starts reading its wake stream.
-    initial_offset: str = START_OFFSET
-
-    def heartbeat_bound(self) -> float:
-        return self.heartbeat_timeout or self.heartbeat_interval
-
-    def heartbeat_lease_ms(self) -> int:
-        """Return the lease to ask for: three intervals, at least the 1 s servers accept."""
-        return self.lease_ms or max(1000, int(self.heartbeat_interval * 3000))
 
 
 @attrs.frozen
@@ -198,170 +69,6 @@ class RunnerStatistics:
     reconnects: int
     claims: ClaimStatistics
     actor: ActorStatistics
-
-
-class _StreamSlot:
-    """Where ``connect`` leaves the open wake stream for ``read_stream``; owned by the run."""
-
-    def __init__(self) -> None:
-        # Invariant: an accepted, not yet taken response, or None.
-        self._connection: WakeStreamConnection | None = None
-
-    def put(self, connection: WakeStreamConnection) -> None:
-        assert self._connection is None, "discard the slot before putting a new connection"
-        self._connection = connection
-
-    def take(self) -> WakeStreamConnection | None:
-        connection, self._connection = self._connection, None
-        return connection
-
-    async def discard(self) -> None:
-        """Close a response nobody took (the chart went elsewhere before reading it)."""
-        connection = self.take()
-        if connection is not None:
-            await connection.aclose()
-
-
-class _RunSession:
-    """The objects of one run, from ``start()`` to ``drained``; the heartbeat's host."""
-
-    def __init__(self, runner: Runner, transport: httpx.AsyncBaseTransport | None) -> None:
-        settings = runner.settings
-        self.runner = runner
-        self.runner_id = runner.runner_id
-        self.diagnostics = runner.diagnostics
-        self.client = Client(
-            runner.urls,
-            token=runner._token,
-            timeouts=settings.timeouts,
-            transport=transport,
-            ssl_context=runner._ssl_context(),
-        )
-        self.pipeline = ClaimPipeline(
-            self.client,
-            runner.handler,
-            worker=runner.runner_id,
-            settings=attrs.evolve(settings.claims, concurrency=runner.concurrency),
-            clock=runner.clock,
-            statistics=runner._claim_stats,
-            on_rejected=runner._rejected_by_pipeline,
-            rng=runner._rng,
-        )
-        self.heartbeat = Heartbeat(
-            self,
-            clock=runner.clock,
-            interval=settings.heartbeat_interval,
-            timeout=settings.heartbeat_bound(),
-            lease_ms=settings.heartbeat_lease_ms(),
-            failures_before_reset=settings.failures_before_reset,
-            probe_interval=settings.reconnect_probe_interval,
-            rng=runner._rng,
-        )
-        self.slot = _StreamSlot()
-        # Invariant: None until the first connect loaded the resume offset of this run.
-        self.cursor: WakeCursor | None = None
-        self._wake_stream = runner.wake_stream
-        # Invariant: None until registration was tried; then whether the server has a registry.
-        self._registry: bool | None = None
-        self._registered = False
-        self._subscriptions_ready = False
-        self._registry_store = RegistryOffsetStore()
-        # Invariant: set once the registry question is answered (or given by the app).
-        self.store: OffsetStore | None = runner._offset_store
-        self._lock = anyio.Lock()
-        # Connect attempts since the last good stream: the backoff exponent.
-        self.connect_failures = 0
-        # Handlers that ignored cancellation at stop (filled by the drain).
-        self.stuck: tuple[str, ...] = ()
-        self.closed = False
-
-    # -- HeartbeatHost ---------------------------------------------------------------------
-
-    @property
-    def registry(self) -> bool | None:
-        return self._registry
-
-    @property
-    def wake_stream(self) -> str | None:
-        return self._wake_stream
-
-    async def ensure_registered(self) -> None:
-        """Register with the server once per run (again after forget_registration())."""
-        if self._registered:
-            return
-        async with self._lock:
-            if self._registered:
-                return
-            runner = self.runner
-            try:
-                record = await self.client.register(
-                    self.runner_id, label=runner.label, wake_stream=self._wake_stream
-                )
-            except NotFound:
-                self._registry = False
-                if self.store is None:
-                    self.store = FileOffsetStore(default_offset_path(self.runner_id))
-                logger.info(
-                    "server %s has no runner registry; probing liveness with HEAD and keeping "
-                    "the offset in %r",
-                    self.client.base_url,
-                    self.store,
-                )
-            else:
-                self._registry = True
-                if self._wake_stream is None:
-                    self._wake_stream = record.wake_stream
-                if self.cursor is None:
-                    self._registry_store.seed(record.wake_stream_offset)
-                if self.store is None:
-                    self.store = self._registry_store
-            self.diagnostics.registry = self._registry
-            self._registered = True
-
-    def forget_registration(self) -> None:
-        self._registered = False
-
-    async def persist_offset(self) -> str | None:
-        if self.cursor is None:
-            return None
-        offset = self.cursor.committed
-        if self.store is not None:
-            await self.store.save(offset)
-        return offset
-
-    def report(self) -> dict[str, Any]:
-        return self.runner.health()
-
-    # -- connect ---------------------------------------------------------------------------
-
-    async def ensure_ready(self) -> WakeCursor:
-        """Register, create the declared subscriptions and load the resume offset (once)."""
-        await self.ensure_registered()
-        if self._wake_stream is None:
-            raise RunnerError(
-                f"runner {self.runner_id!r} has no wake stream: pass wake_stream=... (the "
-                "server's registry knows none for this runner)"
-            )
-        if not self._subscriptions_ready:
-            for spec in self.runner.subscription_specs:
-                created = await self.client.put_subscription(spec.id, spec.body(self._wake_stream))
-                logger.info("subscription %r %s", spec.id, "created" if created else "confirmed")
-            self._subscriptions_ready = True
-        if self.cursor is None:
-            assert self.store is not None
-            saved = await self.store.load()
-            offset = saved or self.runner.settings.initial_offset
-            self.cursor = WakeCursor(offset)
-            logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
-        return self.cursor
-
-    async def close(self) -> None:
-        """Close what the run holds (idempotent): the slot's response and the HTTP client."""
-        if self.closed:
-            return
-        self.closed = True
-        await self.slot.discard()
-        await self.client.aclose()
 
 
 class Runner:
@@ -413,7 +120,6 @@ class Runner:
         self.urls = tuple(urls)
         self.runner_id = runner_id
         self.handler = handler
-        self._token = token
         self.wake_stream = wake_stream
         specs: list[SubscriptionSpec] = []
         ids: set[str] = set()
@@ -431,17 +137,32 @@ class Runner:
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or RunnerSettings()
         self.label = label
-        self._offset_store = offset_store
         self._inspect_hook = inspect
-        self._transport = transport
         self._rng = rng or random.Random()
         self.diagnostics = Diagnostics()
-        self._claim_stats = ClaimStatistics()
+        self._counters = RunCounters()
+        # Written by start() only.
         self._starts = 0
-        self._reconnects = 0
+        # What every run is given (the TLS context is made once and shared by all runs).
+        self._config = RunConfig(
+            self.urls,
+            runner_id,
+            handler,
+            self.settings,
+            concurrency,
+            grace,
+            token=token,
+            wake_stream=wake_stream,
+            label=label,
+            subscription_specs=self.subscription_specs,
+            subscription_ids=self.subscription_ids,
+            offset_store=offset_store,
+            transport=transport,
+            ssl_context=httpx.create_ssl_context(),
+        )
         # Invariant: the run in progress or the last one (closed after its drain); None before
         # the first start.
-        self._session: _RunSession | None = None
+        self._run: Run | None = None
         # Invariant: the reason the last run stopped by itself (a refusal), until the next start.
         self._error: RuntimeFailure | None = None
         # Invariant: True once stop() raised the current run's problems (not raised again).
@@ -453,8 +174,6 @@ class Runner:
         self._release_host: anyio.Event | None = None
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
-        # The TLS settings every run's client shares (immutable once made).
-        self._ssl: ssl.SSLContext | None = None
 
     # -- public view -----------------------------------------------------------------------
 
@@ -479,12 +198,12 @@ class Runner:
     @property
     def offset(self) -> str | None:
         """The committed wake-stream offset of the current (or last) run."""
-        session = self._session
-        return session.cursor.committed if session is not None and session.cursor else None
+        run = self._run
+        return run.cursor.committed if run is not None and run.cursor else None
 
     def health(self) -> dict[str, Any]:
         """Return the runner's local diagnostics (what the heartbeat reports)."""
-        report = self.diagnostics.report(self._claim_stats, self.offset)
+        report = self.diagnostics.report(self._counters.claims, self.offset)
         report["status"] = self.state
         if self._error is not None:
             report["error"] = str(self._error)
@@ -496,8 +215,8 @@ class Runner:
         return RunnerStatistics(
             starts=self._starts,
             state=self.state,
-            reconnects=self._reconnects,
-            claims=attrs.evolve(self._claim_stats),
+            reconnects=self._counters.reconnects,
+            claims=attrs.evolve(self._counters.claims),
             actor=actor,
         )
 
@@ -562,12 +281,9 @@ class Runner:
         actor = Actor(
             LIFECYCLE,
             {
-                "heartbeat": self._heartbeat,
-                "connect": self._connect,
-                "read_stream": self._read_stream,
-                "backoff": self._backoff,
-                "probe": self._probe,
-                "drain": self._drain,
+                activity.name: self._delegate(activity.name)
+                for owned in LIFECYCLE.activities.values()
+                for activity in owned
             },
             clock=self.clock,
             inspect=self._inspect,
@@ -598,11 +314,11 @@ class Runner:
                     await self.stop()
                 except RuntimeFailure as error:
                     problem = error
-            session = self._session
-            if session is not None and not session.closed:
+            run = self._run
+            if run is not None and not run.closed:
                 # The drain did not finish (it was cut): cancel the run's tasks and close.
                 self._tg.cancel_scope.cancel(reason="runner closed before its drain finished")
-                await session.close()
+                await run.close()
             self._release_host.set()
         try:
             # The body's exception is not handed to the task group: the run is over, so there
@@ -642,21 +358,24 @@ class Runner:
                 await actor.wait_state("stopped")
             if actor.state != "stopped":
                 return
-            session = _RunSession(self, self._transport)
+            run = Run(
+                self._config,
+                clock=self.clock,
+                rng=self._rng,
+                counters=self._counters,
+                diagnostics=self.diagnostics,
+                report=self.health,
+                on_rejected=self._rejected_by_pipeline,
+            )
             try:
-                await self._tg.start(session.pipeline.run, name="pullwake-claims")
+                await self._tg.start(run.pipeline.run, name="pullwake-claims")
             except BaseException:
-                await session.close()
+                await run.close()
                 raise
-            self._session = session
+            self._run = run
             self._error = None
             self._reported = False
             self._starts += 1
-            self.diagnostics.started_at = wall_time()
-            self.diagnostics.reconnect_count = 0
-            self.diagnostics.events_received = 0
-            self.diagnostics.wakes_received = 0
-            self.diagnostics.server = session.client.base_url
             await actor.send("start")
 
     async def stop(self) -> None:
@@ -671,17 +390,17 @@ class Runner:
             if "running" in actor.configuration:
                 await actor.send("stop")
             await actor.wait_state("stopped")
-            session = self._session
-            if self._reported or session is None:
+            run = self._run
+            if self._reported or run is None:
                 return
             self._reported = True
-            if session.stuck:
+            if run.stuck:
                 raise StopTimeout(
                     f"stop() returned after the grace period ({self.grace} s) although "
-                    f"{len(session.stuck)} handler(s) ignored cancellation: "
-                    f"{'; '.join(session.stuck)}. Their claims were released; fix the handlers "
+                    f"{len(run.stuck)} handler(s) ignored cancellation: "
+                    f"{'; '.join(run.stuck)}. Their claims were released; fix the handlers "
                     "so they let cancellation through",
-                    session.stuck,
+                    run.stuck,
                 )
             if self._error is not None:
                 raise self._error
@@ -696,12 +415,6 @@ class Runner:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        """Return the runner's verifying SSL context, made once (each run reuses it)."""
-        if self._ssl is None:
-            self._ssl = httpx.create_ssl_context()
-        return self._ssl
-
     def _require_actor(self) -> Actor:
         if self._actor is None:
             raise RunnerNotRunning(
@@ -710,9 +423,16 @@ class Runner:
             )
         return self._actor
 
-    def _session_now(self) -> _RunSession:
-        assert self._session is not None, "an activity ran outside a run"
-        return self._session
+    def _delegate(self, name: str) -> ActivityFn:
+        """Return the activity ``name`` of whichever run is current when it starts."""
+
+        async def activity(ctx: ActivityContext) -> str | Outcome | None:
+            run = self._run
+            assert run is not None, "an activity ran outside a run"
+            return await run.activities()[name](ctx)
+
+        activity.__name__ = name
+        return activity
 
     def _inspect(self, record: TransitionRecord) -> None:
         """Observe one processed event: logs, diagnostics, why a run stopped, wait_state()."""
@@ -737,109 +457,6 @@ class Runner:
     def _rejected_by_pipeline(self, error: Rejected) -> None:
         if self._actor is not None:
             self._actor.send_nowait("rejected", error=error)
-
-    # -- activities ------------------------------------------------------------------------
-
-    async def _heartbeat(self, ctx: ActivityContext) -> Outcome | None:
-        return await self._session_now().heartbeat.run(ctx)
-
-    async def _connect(self, ctx: ActivityContext) -> Outcome | None:
-        session = self._session_now()
-        await session.slot.discard()
-        self.diagnostics.server = session.client.base_url
-        try:
-            cursor = await session.ensure_ready()
-            assert session.wake_stream is not None
-            connection = await session.client.open_wake_stream(session.wake_stream, cursor.read)
-        except (Rejected, RunnerError, Conflict) as exc:
-            # Refused credentials, or a configuration the server will never accept as is:
-            # stop with a clear error.
-            return Outcome("rejected", exc)
-        except ServerUnreachable as exc:
-            self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
-            return Outcome("server_lost", exc)
-        except (RequestFailed, OSError) as exc:
-            # An answer that was an error (or the local offset store failed): connect_failed.
-            self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
-            raise
-        session.slot.put(connection)
-        return None
-
-    async def _read_stream(self, ctx: ActivityContext) -> Outcome | None:
-        session = self._session_now()
-        connection = session.slot.take()
-        if connection is None:
-            self.diagnostics.record_error("read_stream: no open wake stream to read")
-            return None
-        cursor = session.cursor
-        assert cursor is not None
-        allowed = self.subscription_ids
-        diagnostics = self.diagnostics
-        diagnostics.stream_up()
-        # The server's view of the runner (its verdict, stream_connected) follows at once.
-        session.heartbeat.nudge()
-        try:
-            async for event in connection.events():
-                diagnostics.events_received += 1
-                if isinstance(event, DataEvent):
-                    for message in event.messages:
-                        wake = Wake.parse(message)
-                        if wake is None:
-                            continue
-                        diagnostics.wakes_received += 1
-                        if allowed is not None and wake.subscription_id not in allowed:
-                            continue
-                        session.pipeline.submit(wake, cursor.ticket())
-                elif isinstance(event, ControlEvent):
-                    cursor.checkpoint(event.next_offset)
-                    # The server speaks the protocol: the next loss starts a fresh backoff.
-                    session.connect_failures = 0
-            diagnostics.record_error("wake stream ended (EOF); reconnecting")
-            return None
-        except ServerUnreachable as exc:
-            # Silence past the read timeout or a broken connection: no answer.
-            diagnostics.record_error(f"wake stream: {describe_failure(exc)}")
-            return Outcome("server_lost", exc)
-        except RequestFailed as exc:
-            diagnostics.record_error(f"wake stream: {describe_failure(exc)}")
-            raise
-        finally:
-            diagnostics.stream_down()
-            await connection.aclose()
-
-    async def _backoff(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        await session.slot.discard()
-        delay = self.settings.backoff.delay(session.connect_failures, self._rng)
-        session.connect_failures += 1
-        self._reconnects += 1
-        self.diagnostics.reconnect_count += 1
-        if len(self.urls) > 1:
-            session.client.rotate()
-        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay)
-        await self.clock.sleep(delay)
-        return None
-
-    async def _probe(self, ctx: ActivityContext) -> Outcome | None:
-        return await self._session_now().heartbeat.probe(ctx)
-
-    async def _drain(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        bound = self.settings.stop_bound
-        try:
-            await session.slot.discard()
-            session.stuck = await session.pipeline.close(grace=self.grace, bound=bound)
-            with anyio.move_on_after(bound):
-                try:
-                    await session.persist_offset()
-                except OSError as exc:
-                    logger.error("%s: could not save the wake offset: %s", self.runner_id, exc)
-                sent = await session.heartbeat.final()
-                if sent:
-                    logger.info("%s: final heartbeat sent (status stopped)", self.runner_id)
-        finally:
-            await session.close()
-        return None
 
     def __repr__(self) -> str:
         return f"<Runner {self.runner_id!r} {self.state} {list(self.urls)}>"

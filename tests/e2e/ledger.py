@@ -48,7 +48,7 @@ from typing import Any
 import anyio
 import attrs
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim
 
 LEDGER_ENV = "PULLWAKE_E2E_LEDGER"
 HOLD_ENV = "PULLWAKE_E2E_HOLD"

@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 
+from pullwake.runtime import RunnerSettings
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim, ClaimSettings
+from pullwake.runtime.claims import ClaimSettings
 from pullwake.runtime.client import Timeouts
-from pullwake.runtime.runner import RunnerSettings
+from pullwake.runtime.work import Claim
 
 from .waiting import wait_until
 

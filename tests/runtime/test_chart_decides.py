@@ -25,12 +25,11 @@ import httpx
 import pytest
 
 from pullwake.machines import LIFECYCLE
+from pullwake.runtime import Claim, Runner, RunnerSettings
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.errors import Rejected, ServerUnreachable
-from pullwake.runtime.runner import Runner, RunnerSettings
 
 from .fakeserver import FakeServer
 from .waiting import wait_until
@@ -46,14 +45,22 @@ async def fail_connect(fake: FakeServer, clock: ManualClock, answer: int | Excep
     fake.fail("sse", answer)
 
 
-async def hang_connect(fake: FakeServer, clock: ManualClock) -> None:
-    fake.hang("sse")
-    await wait_until(lambda: fake.count("sse") == 1, timeout=5)
-    fake.fail("heartbeat", 503, 503)
-    for _ in range(2):
+async def beat_failing(fake: FakeServer, clock: ManualClock, *answers: int) -> None:
+    """Make the next heartbeats answer ``answers``, one heartbeat interval each, no more."""
+    fake.fail("heartbeat", *answers)
+    for _ in answers:
+        beats = fake.count("heartbeat")
         await clock.wait_sleepers(1)
         await anyio.wait_all_tasks_blocked()
         clock.advance(HEARTBEAT)
+        await wait_until(lambda: fake.count("heartbeat") > beats, timeout=5)  # noqa: B023
+
+
+async def hang_connect(fake: FakeServer, clock: ManualClock) -> None:
+    fake.hang("sse")
+    # The connect hangs after the run's first beat went through.
+    await wait_until(lambda: fake.count("sse") == 1 and fake.count("heartbeat") == 1, timeout=5)
+    await beat_failing(fake, clock, 503, 503)
 
 
 async def end_stream(fake: FakeServer, clock: ManualClock) -> None:
@@ -67,12 +74,12 @@ async def break_stream(fake: FakeServer, clock: ManualClock) -> None:
 
 
 async def fail_heartbeats(fake: FakeServer, clock: ManualClock, *answers: int) -> None:
-    await wait_until(lambda: fake.sse_open == 1, timeout=5)
-    fake.fail("heartbeat", *answers)
-    for _ in answers:
-        await clock.wait_sleepers(1)
-        await anyio.wait_all_tasks_blocked()
-        clock.advance(HEARTBEAT)
+    # Streaming, and the beat that reports it (the read activity asks for one) went through.
+    await wait_until(
+        lambda: any(b["diagnostics"]["status"] == "streaming" for b in fake.heartbeats),
+        timeout=5,
+    )
+    await beat_failing(fake, clock, *answers)
 
 
 Setup = Callable[[FakeServer, ManualClock], Any]
@@ -206,12 +213,9 @@ async def test_failing_heartbeats_after_an_answer_start_the_probe_and_keep_the_b
         async with make_runner(fake, clock, records) as runner:
             fake.fail("sse", 503)
             await runner.wait_state("after_answer")
-            fake.fail("heartbeat", 503, 503)
-            for _ in range(2):
-                # The heartbeat and the backoff (500 s to 1000 s) asleep.
-                await clock.wait_sleepers(2)
-                await anyio.wait_all_tasks_blocked()
-                clock.advance(HEARTBEAT)
+            await wait_until(lambda: fake.count("heartbeat") == 1, timeout=5)
+            # Two heartbeat intervals; the backoff (500 s to 1000 s) sleeps on.
+            await beat_failing(fake, clock, 503, 503)
             await runner.wait_state("server_gone")
             (moved,) = [r for r in records if r.source[-1] == "after_answer"]
             assert (moved.event, moved.cancelled, moved.started) == ("stream_reset", (), ("probe",))

@@ -18,13 +18,12 @@ from typing import Any
 import anyio
 import pytest
 
+from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.errors import Rejected, RunnerError, RunnerNotRunning
 from pullwake.runtime.offsets import FileOffsetStore, MemoryOffsetStore, OffsetStore
-from pullwake.runtime.runner import Runner, RunnerSettings, SubscriptionSpec
 
 from .fakeserver import FakeServer
 from .waiting import wait_until
@@ -564,7 +563,7 @@ async def test_stop_and_start_inside_one_block_reuse_nothing_of_the_last_run(
             clients = []
             for cycle in range(10):
                 await runner.wait_state("streaming")
-                session = runner._session
+                session = runner._run
                 assert session is not None
                 clients.append(session.client)
                 fake.append("jobs/a", cycle)

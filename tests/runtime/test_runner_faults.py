@@ -15,10 +15,10 @@ import anyio.abc
 import httpx
 import pytest
 
+from pullwake.runtime import Runner
 from pullwake.runtime.client import Timeouts
 from pullwake.runtime.errors import ServerUnreachable
 from pullwake.runtime.offsets import MemoryOffsetStore
-from pullwake.runtime.runner import Runner
 from tests.fixtures.proxy import FaultProxy
 from tests.fixtures.servers import ServerFactory, ServerProcess
 

@@ -17,10 +17,9 @@ import anyio
 import httpx
 import pytest
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim, Runner, SubscriptionSpec
 from pullwake.runtime.client import ClaimGrant, Client
 from pullwake.runtime.errors import Rejected, StopTimeout
-from pullwake.runtime.runner import Runner, SubscriptionSpec
 from tests.fixtures.servers import ServerFactory, ServerProcess
 
 from .realserver import (
