@@ -13,18 +13,15 @@ from pathlib import Path
 import pytest
 
 from pullwake.cli import main
+from pullwake.diagrams import REGENERATE, load_spec, svg, write_docs
 from pullwake.machines import LIFECYCLE, Activity, ChartSpec, DiagramError, UnknownStateError
 from pullwake.machines.diagram import (
     COMPOUND_ACTIVE_FILL,
     DOC_BLOCKS,
-    REGENERATE,
     doc_blocks,
     dot,
-    load_spec,
     mermaid,
-    svg,
     update_doc,
-    write_docs,
 )
 
 from .charts import KETTLE
@@ -47,7 +44,7 @@ def chart_edges(spec: ChartSpec) -> set[tuple[str, str, str]]:
 
 def run_in_subprocess(*args: str) -> bytes:
     completed = subprocess.run(
-        [sys.executable, "-m", "pullwake.machines.diagram", *args],
+        [sys.executable, "-m", "pullwake.diagrams", *args],
         capture_output=True,
         check=True,
         timeout=30,
