@@ -22,6 +22,7 @@ applications that embed it never see an ``httpx`` exception::
         │   └── ProtocolViolation   an answer that breaks the protocol (bad JSON, wrong type)
         ├── LeaseLost               a handler's claim was fenced; the handler was cancelled
         └── RunnerError             the runner was misused or could not stop cleanly
+            ├── InvalidServerURL        a server URL without http:// or https://, or a host
             ├── RunnerNotRunning        start()/stop() outside ``async with Runner(...)``
             └── StopTimeout             handlers ignored cancellation; ``.stuck`` names them
 
@@ -129,6 +130,13 @@ class LeaseLost(RuntimeFailure):
 
 class RunnerError(RuntimeFailure):
     """The runner was misused, or could not stop cleanly."""
+
+
+class InvalidServerURL(RunnerError, ValueError):
+    """A server URL the runner cannot use: no ``http://``/``https://`` scheme, or no host.
+
+    Raised by ``Runner(...)`` itself, before anything starts, with the corrected URL to write.
+    """
 
 
 class RunnerNotRunning(RunnerError):

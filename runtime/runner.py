@@ -49,7 +49,14 @@ from .actor import (
 from .claims import ClaimStatistics
 from .clock import Clock, SystemClock
 from .diagnostics import Diagnostics
-from .errors import Rejected, RunnerError, RunnerNotRunning, RuntimeFailure, StopTimeout
+from .errors import (
+    InvalidServerURL,
+    Rejected,
+    RunnerError,
+    RunnerNotRunning,
+    RuntimeFailure,
+    StopTimeout,
+)
 from .offsets import OffsetStore
 from .run import Run, RunConfig, RunCounters
 from .settings import RunnerSettings, SubscriptionSpec
@@ -69,6 +76,25 @@ class RunnerStatistics:
     reconnects: int
     claims: ClaimStatistics
     actor: ActorStatistics
+
+
+def _check_server_url(url: str) -> None:
+    """Raise :class:`InvalidServerURL` unless ``url`` is an ``http(s)://host...`` URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidServerURL(
+            f"server URL {url!r} has no scheme; write it as 'http://{url}' (or 'https://{url}')"
+        )
+    if scheme.lower() not in ("http", "https"):
+        raise InvalidServerURL(
+            f"server URL {url!r} uses {scheme!r}; a runner speaks http:// or https:// only, "
+            f"such as 'http://{rest}'"
+        )
+    if not rest.split("/", 1)[0]:
+        raise InvalidServerURL(
+            f"server URL {url!r} names no host; write it as 'http://HOST:PORT', such as "
+            "'http://127.0.0.1:4437'"
+        )
 
 
 class Runner:
@@ -109,6 +135,8 @@ class Runner:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give at least one server URL, such as http://127.0.0.1:4437")
+        for each in urls:
+            _check_server_url(each)
         if not runner_id or "/" in runner_id:
             raise ValueError(f"runner_id must be a non-empty name without '/', got {runner_id!r}")
         if not callable(handler):
@@ -174,6 +202,8 @@ class Runner:
         self._release_host: anyio.Event | None = None
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
+        # The cancel scope of the caller's 'async with' block, while it runs.
+        self._body: anyio.CancelScope | None = None
 
     # -- public view -----------------------------------------------------------------------
 
@@ -259,10 +289,17 @@ class Runner:
             release.set()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel(reason="runner failed to start")
-            with anyio.CancelScope(shield=True):
+            # Close the task group where it was opened (not inside a new cancel scope, which
+            # anyio refuses to unwind across): the original exception then propagates as is.
+            try:
                 await stack.aclose()
-            self._reset_handles()
+            finally:
+                self._reset_handles()
             raise
+        # The caller's block runs in this scope: a runner that stops for good cancels it, and
+        # __aexit__ raises the error, as a task group does with a failing child.
+        self._body = anyio.CancelScope()
+        self._body.__enter__()
         return self
 
     async def _host(
@@ -305,6 +342,12 @@ class Runner:
         assert self._stack is not None
         assert self._tg is not None
         assert self._release_host is not None
+        assert self._body is not None
+        body, self._body = self._body, None
+        # Leave the block's scope first (it was entered last); it absorbs the cancellation it
+        # caused when the runner stopped for good, and only that one.
+        if body.__exit__(exc_type, exc, tb):
+            exc_type, exc, tb = None, None, None
         problem: BaseException | None = None
         settings = self.settings
         bound = self.grace + 3 * settings.stop_bound + settings.exit_timeout
@@ -327,11 +370,15 @@ class Runner:
             await self._stack.__aexit__(None, None, None)
         finally:
             self._reset_handles()
+        if problem is None and body.cancelled_caught and self._error is not None:
+            # The block was cancelled for the error, which was already reported (by stop()
+            # or run() inside the block): raise it again rather than end silently.
+            problem = self._error
         if problem is not None and exc_type is None:
             raise problem
         if problem is not None:
             logger.error("while leaving the runner after an error: %s", problem)
-        return None
+        return True if body.cancelled_caught else None
 
     def _reset_handles(self) -> None:
         if self._changed is not None:
@@ -440,10 +487,13 @@ class Runner:
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
             if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
-                # The refusal that ends this run travelled with the event: keep it to raise.
+                # The refusal that ends this run travelled with the event: keep it to raise,
+                # and end the caller's block (what the chart does next is the chart's affair).
                 self._error = record.error
                 self.diagnostics.record_error(str(record.error))
                 logger.error("%s: stopping: %s", self.runner_id, record.error)
+                if self._body is not None:
+                    self._body.cancel(reason=f"the runner stopped: {record.error}")
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:

@@ -178,28 +178,39 @@ async def test_each_failure_kind_is_one_event_and_the_chart_decides_the_rest(
     def left(leaf: str) -> list[TransitionRecord]:
         return [r for r in records if r.kind == "transition" and r.source[-1] == leaf]
 
+    async def observe(runner: Runner) -> TransitionRecord:
+        await cause(fake, clock)
+        await wait_until(lambda: bool(left(source)) and left(source)[-1].event != "connected")
+        record = left(source)[-1]
+        await anyio.wait_all_tasks_blocked()
+        assert runner.configuration == record.target
+        # What runs is exactly what the configuration owns.
+        assert sorted(runner.open_activities()) == sorted(LIFECYCLE.activities_of(record.target))
+        return record
+
     with anyio.fail_after(10):
-        async with make_runner(fake, clock, records) as runner:
-            await cause(fake, clock)
-            await wait_until(lambda: bool(left(source)) and left(source)[-1].event != "connected")
-            record = left(source)[-1]
-            assert (record.event, record.target) == (event, configuration)
-            # The reaction is the chart's decision for that event, nothing else.
-            assert LIFECYCLE.decide(record.source, event).configuration == configuration
-            if configuration != ("stopping",):
-                await anyio.wait_all_tasks_blocked()
-                assert runner.configuration == configuration
-                # What runs is exactly what the configuration owns.
-                assert sorted(runner.open_activities()) == sorted(
-                    LIFECYCLE.activities_of(configuration)
-                )
-            if event in ("rejected", "server_lost"):
-                # The failure travelled with its event, into the record.
-                expected = Rejected if event == "rejected" else ServerUnreachable
-                assert isinstance(record.error, expected)
-            if event == "rejected":
-                with pytest.raises(Rejected):
-                    await runner.stop()
+        runner = make_runner(fake, clock, records)
+        if event == "rejected":
+            # A refusal ends the run for good, and so the block around it (raising on exit).
+
+            async def block() -> None:
+                async with runner:
+                    await cause(fake, clock)
+                    await anyio.sleep_forever()
+
+            with pytest.raises(Rejected):
+                await block()
+            (record,) = left(source)
+        else:
+            async with runner:
+                record = await observe(runner)
+    assert (record.event, record.target) == (event, configuration)
+    # The reaction is the chart's decision for that event, nothing else.
+    assert LIFECYCLE.decide(record.source, event).configuration == configuration
+    if event in ("rejected", "server_lost"):
+        # The failure travelled with its event, into the record.
+        expected = Rejected if event == "rejected" else ServerUnreachable
+        assert isinstance(record.error, expected)
 
 
 @pytest.mark.anyio

@@ -270,16 +270,13 @@ async def test_401_on_connect_stops_with_a_clear_error_and_no_retry(anyio_backen
     records: list[TransitionRecord] = []
     async with bounded():
         runner = make_runner(fake, Recorder(), clock, records)
-        async with runner:
-            with pytest.raises(Rejected):
-                await runner.wait_state("streaming")
-            assert runner.state == "stopped"
-            assert isinstance(runner.error, Rejected)
-            clock.advance(1000)
-            await anyio.wait_all_tasks_blocked()
-            assert runner.health()["error"]
-            with pytest.raises(Rejected, match="credentials") as caught:
-                await runner.stop()
+        # The refusal ends the run for good: the block is cancelled and its exit raises why.
+        with pytest.raises(Rejected, match="credentials") as caught:
+            async with runner:
+                await anyio.sleep_forever()
+        assert runner.state == "stopped"
+        assert isinstance(runner.error, Rejected)
+        assert runner.health()["error"]
     assert caught.value.status == 401
     assert fake.count("sse") == 1
     assert ("connecting", "rejected", "stopping") in transitions(records)
@@ -291,11 +288,9 @@ async def test_401_on_heartbeat_stops_the_runner(anyio_backend: str) -> None:
     clock = ManualClock()
     async with bounded():
         runner = make_runner(fake, Recorder(), clock)
-        async with runner:
-            await runner.wait_state("stopped")
-            with pytest.raises(Rejected) as caught:
-                await runner.stop()
-            # Raised once: leaving the block does not raise it again.
+        with pytest.raises(Rejected) as caught:
+            async with runner:
+                await anyio.sleep_forever()
     assert caught.value.status == 403
     assert isinstance(runner.error, Rejected)
 
