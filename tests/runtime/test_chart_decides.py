@@ -234,6 +234,14 @@ async def test_failing_heartbeats_after_an_answer_start_the_probe_and_keep_the_b
             assert "backoff" in runner.open_activities()
             assert [r.started for r in records if "backoff" in r.started] == [("backoff",)]
             assert not any(r.event == "backoff_elapsed" for r in records)
+            # The server answers again: the probe's first exchange cuts the backoff short.
+            await clock.wait_sleepers(3)  # heartbeat, backoff, probe
+            clock.advance(0.5)
+            await runner.wait_state("streaming")
+    steps = [(r.source[-1], r.event, r.target[-1]) for r in records if r.kind == "transition"]
+    assert ("server_gone", "server_reachable", "connecting") in steps
+    assert not any(event == "backoff_elapsed" for _, event, _ in steps)
+    assert clock.now() < 500.0  # the shortest backoff this runner could have drawn
 
 
 # -- no lifecycle notes outside the chart -------------------------------------------------
