@@ -17,7 +17,10 @@ length of one run (it must outlive reconnects, and handlers get their grace at s
 
 The runner only *observes* the chart (its ``inspect`` hook): it logs each transition, copies
 the leaf state into the diagnostics, wakes :meth:`Runner.wait_state`, and keeps the error that
-travelled with a ``rejected`` event, to raise it. It never decides a reaction itself.
+travelled with a ``rejected`` event, to raise it. It never decides a reaction of the lifecycle
+itself. The one thing it does for its caller: when a run stops for good (``rejected``), it
+cancels the caller's ``async with`` block, whose exit then raises the error, as a task group
+does when a child fails; otherwise a program waiting in that block would wait forever.
 """
 
 from __future__ import annotations
