@@ -26,8 +26,10 @@ applications that embed it never see an ``httpx`` exception::
             ├── RunnerNotRunning        start()/stop() outside ``async with Runner(...)``
             └── StopTimeout             handlers ignored cancellation; ``.stuck`` names them
 
-``Rejected`` is the one refusal the runner treats as final: it stops and keeps the error in
-``runner.error``; ``wait_state()`` and ``stop()`` raise it.
+``Rejected`` is the refusal the runner treats as final (with, on connect, a ``Conflict`` or a
+``RunnerError``: a configuration the server will never accept): it stops, keeps the error in
+``runner.error``, cancels the ``async with Runner(...)`` block and raises the error on leaving
+it; ``wait_state()`` and ``stop()`` raise it too.
 """
 
 from __future__ import annotations
