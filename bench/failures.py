@@ -48,9 +48,9 @@ import wire
 from figures import Report, arguments
 from servers import pullwake_server
 
+from pullwake.runtime import Runner, RunnerSettings
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.client import Timeouts
-from pullwake.runtime.runner import Runner, RunnerSettings
 from pullwake.testing import FaultProxy
 
 CONFIGS: dict[str, RunnerSettings] = {

@@ -13,9 +13,8 @@ import sys
 
 import anyio
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim, Runner, SubscriptionSpec
 from pullwake.runtime.offsets import MemoryOffsetStore
-from pullwake.runtime.runner import Runner, SubscriptionSpec
 
 
 async def main(url: str) -> None:

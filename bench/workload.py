@@ -21,9 +21,8 @@ import anyio
 import httpx
 import wire
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
 from pullwake.runtime.offsets import MemoryOffsetStore
-from pullwake.runtime.runner import Runner, RunnerSettings, SubscriptionSpec
 
 __all__ = ["ClaimTimer", "Probe", "Workload", "workload"]
 

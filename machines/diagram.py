@@ -1,8 +1,12 @@
-"""Draw a chart as Mermaid, DOT or SVG, and keep the generated parts of its docs current.
+"""Draw a chart as Mermaid or DOT text, and regenerate the generated parts of its docs' text.
+
+Pure: every function here returns a string; nothing reads or writes a file or starts a
+process. The command line, the writing of docs and SVG (which runs the Graphviz program) live
+in :mod:`pullwake.diagrams`.
 
 The drawing is python-statemachine's own: :func:`statemachine.contrib.diagram.extract.extract`
-reads the chart into a diagram model, its Mermaid and DOT renderers write it, and Graphviz
-(``run_graphviz``) turns DOT into SVG. This module only adjusts the model in between:
+reads the chart into a diagram model and its Mermaid and DOT renderers write it. This module
+only adjusts the model in between:
 
 - labels are the ids the code uses (``stream_reset``, ``connecting``), not humanised names;
 - each state lists the activities it owns as UML ``do /`` lines, read from the spec's table,
@@ -20,29 +24,21 @@ tables below (:func:`ignored_table`, :func:`matrix_table`) carry them into the d
 Output is deterministic: the DOT renderer names some helper nodes after ``id()`` of Python
 objects, and those names are renumbered in order of appearance.
 
-``pullwake diagram`` is the command line; ``--write-docs FILE`` rewrites the blocks of FILE that
-sit between ``<!-- pullwake-diagram:begin KIND -->`` and ``<!-- pullwake-diagram:end KIND -->``
-markers (KIND is one of :data:`DOC_BLOCKS`).
+:func:`update_doc` regenerates the blocks of a Markdown text that sit between
+``<!-- pullwake-diagram:begin KIND -->`` and ``<!-- pullwake-diagram:end KIND -->`` markers
+(KIND is one of :data:`DOC_BLOCKS`); ``pullwake diagram --write-docs FILE`` applies it to a
+file.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import re
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pydot
 from statemachine import StateChart
 from statemachine.contrib.diagram.extract import extract
-from statemachine.contrib.diagram.graphviz import (
-    GraphvizError,
-    GraphvizNotFoundError,
-    run_graphviz,
-)
 from statemachine.contrib.diagram.model import (
     ActionType,
     DiagramAction,
@@ -52,79 +48,19 @@ from statemachine.contrib.diagram.model import (
 from statemachine.contrib.diagram.renderers.dot import DotRenderer
 from statemachine.contrib.diagram.renderers.mermaid import MermaidRenderer
 
-from .errors import ChartError, DiagramError
+from .errors import DiagramError
 from .spec import ChartSpec
 
 __all__ = [
-    "DEFAULT_CHART",
     "DOC_BLOCKS",
-    "FORMATS",
     "activity_table",
-    "add_arguments",
     "doc_blocks",
     "dot",
     "ignored_table",
-    "load_spec",
-    "main",
     "matrix_table",
     "mermaid",
-    "render",
-    "run",
-    "svg",
     "update_doc",
-    "write_docs",
 ]
-
-#: The chart drawn when none is named.
-DEFAULT_CHART = "pullwake.machines.lifecycle:LIFECYCLE"
-
-FORMATS = ("mermaid", "dot", "svg")
-
-INSTALL_GRAPHVIZ = (
-    "SVG output needs the Graphviz 'dot' program on PATH. Install Graphviz "
-    "(Debian/Ubuntu: 'apt-get install graphviz'; macOS: 'brew install graphviz'), "
-    "or use --format mermaid or --format dot, which need nothing else."
-)
-
-REGENERATE = "python -m pullwake.machines.diagram --write-docs {path}"
-
-
-# -- loading ---------------------------------------------------------------------------------
-
-
-def load_spec(reference: str) -> ChartSpec:
-    """Import the :class:`ChartSpec` named by ``module:attribute``.
-
-    Raises :class:`DiagramError` when the module or attribute is missing or is not a spec.
-    """
-    module_name, sep, attribute = reference.partition(":")
-    if not sep or not module_name or not attribute:
-        raise DiagramError(
-            f"chart reference {reference!r} is not 'module:attribute'; "
-            f"for example {DEFAULT_CHART!r}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise DiagramError(
-            f"cannot import module {module_name!r} for chart {reference!r}: {exc}; "
-            "check the name and that the module is on the Python path"
-        ) from exc
-    value: Any = module
-    for part in attribute.split("."):
-        try:
-            value = getattr(value, part)
-        except AttributeError:
-            raise DiagramError(
-                f"module {module_name!r} has no attribute {attribute!r}; name a ChartSpec, "
-                f"for example {DEFAULT_CHART!r}"
-            ) from None
-    if not isinstance(value, ChartSpec):
-        raise DiagramError(
-            f"{reference!r} is a {type(value).__name__}, not a ChartSpec; wrap the chart class "
-            "as ChartSpec(Chart, activities, ignored) next to it and name that"
-        )
-    return value
 
 
 # -- the diagram model -----------------------------------------------------------------------
@@ -274,31 +210,6 @@ def _clusters(graph: pydot.Graph) -> Iterator[pydot.Subgraph]:
         yield from _clusters(subgraph)
 
 
-def svg(spec: ChartSpec, active: str | None = None) -> bytes:
-    """Return the chart as SVG drawn by Graphviz ``dot``.
-
-    Raises :class:`DiagramError` saying how to install Graphviz when ``dot`` is not on PATH,
-    and with Graphviz's own message when it fails.
-    """
-    try:
-        return run_graphviz(dot(spec, active), "svg")
-    except GraphvizNotFoundError as exc:
-        raise DiagramError(INSTALL_GRAPHVIZ) from exc
-    except GraphvizError as exc:
-        raise DiagramError(f"Graphviz could not draw {spec.name}: {exc}") from exc
-
-
-def render(spec: ChartSpec, fmt: str, active: str | None = None) -> bytes:
-    """Return the chart in ``fmt`` (one of :data:`FORMATS`) as bytes ready to write."""
-    if fmt == "svg":
-        return svg(spec, active)
-    if fmt == "mermaid":
-        return mermaid(spec, active).encode()
-    if fmt == "dot":
-        return dot(spec, active).encode()
-    raise DiagramError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-
-
 # -- Markdown tables -------------------------------------------------------------------------
 
 
@@ -391,99 +302,3 @@ def update_doc(text: str, spec: ChartSpec) -> str:
             "after it"
         )
     return updated
-
-
-def write_docs(path: Path, spec: ChartSpec) -> bool:
-    """Regenerate the blocks of the Markdown file ``path``; return whether it changed."""
-    text = path.read_text(encoding="utf-8")
-    if not doc_blocks(text):
-        raise DiagramError(
-            f"{path} has no '<!-- pullwake-diagram:begin KIND -->' block to fill; "
-            f"kinds: {', '.join(DOC_BLOCKS)}"
-        )
-    updated = update_doc(text, spec)
-    if updated == text:
-        return False
-    path.write_text(updated, encoding="utf-8")
-    return True
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``pullwake diagram`` arguments to ``parser``."""
-    parser.description = "Print a chart as Mermaid, DOT or SVG, or refresh a doc's diagrams."
-    parser.add_argument(
-        "chart",
-        nargs="?",
-        default=DEFAULT_CHART,
-        metavar="CHART",
-        help=f"a ChartSpec as module:attribute (default: {DEFAULT_CHART})",
-    )
-    parser.add_argument("--format", choices=FORMATS, default="mermaid", help="output format")
-    parser.add_argument("--active", metavar="STATE", help="highlight this state")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    parser.add_argument(
-        "--write-docs",
-        metavar="FILE",
-        help="regenerate the pullwake-diagram blocks of this Markdown file and exit",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``pullwake diagram``; return the exit status (1 on any error, with a message)."""
-    try:
-        spec = _load_from_cwd(args.chart)
-        if args.write_docs:
-            path = Path(args.write_docs)
-            changed = write_docs(path, spec)
-            print(f"{path}: {'updated' if changed else 'already up to date'}")
-            return 0
-        output = render(spec, args.format, args.active)
-    except (ChartError, OSError) as exc:
-        print(f"pullwake diagram: error: {exc}", file=sys.stderr)
-        return 1
-    if args.output:
-        try:
-            Path(args.output).write_bytes(output)
-        except OSError as exc:
-            print(f"pullwake diagram: error: cannot write {args.output}: {exc}", file=sys.stderr)
-            return 1
-    else:
-        _write_stdout(output)
-    return 0
-
-
-def _load_from_cwd(reference: str) -> ChartSpec:
-    # Like other tools that take module:attribute, the command line finds modules of the
-    # current directory even when run as a console script (whose sys.path lacks it).
-    cwd = str(Path.cwd())
-    if cwd in sys.path:
-        return load_spec(reference)
-    sys.path.insert(0, cwd)
-    try:
-        return load_spec(reference)
-    finally:
-        sys.path.remove(cwd)
-
-
-def _write_stdout(output: bytes) -> None:
-    sys.stdout.flush()
-    buffer = getattr(sys.stdout, "buffer", None)
-    if buffer is None:
-        sys.stdout.write(output.decode())
-    else:
-        buffer.write(output)
-        buffer.flush()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run as ``python -m pullwake.machines.diagram``."""
-    parser = argparse.ArgumentParser(prog="python -m pullwake.machines.diagram")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from pullwake import __version__
 
 #: command -> (module or module:attribute, help). Each defines ``add_arguments`` and ``run``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "diagram": ("pullwake.machines.diagram", "print a chart as Mermaid, DOT or SVG"),
+    "diagram": ("pullwake.diagrams", "print a chart as Mermaid, DOT or SVG"),
     "server": ("pullwake.server.cli", "run the wake server"),
     "run": ("pullwake.runtime.cli", "run a pull-wake runner with a handler"),
     "health": ("pullwake.runtime.cli_health", "print a runner's health as the server sees it"),

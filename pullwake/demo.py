@@ -87,7 +87,7 @@ async def run_demo(server: ServerProcess) -> int:
 
             print("demo    -- SIGKILL the server --")
             await anyio.to_thread.run_sync(server.kill)
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("server_gone")
             await anyio.sleep(1.0)
             print("demo    -- start the server again (same port, same database) --")
             await anyio.to_thread.run_sync(server.start)

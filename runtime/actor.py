@@ -58,14 +58,29 @@ __all__ = [
     "ActivityFn",
     "Actor",
     "ActorStatistics",
+    "Outcome",
     "TransitionRecord",
 ]
 
 logger = logging.getLogger("pullwake.actor")
 
+
+@attrs.frozen
+class Outcome:
+    """An activity's result that names its event and the failure behind it.
+
+    The error travels with the event into its :class:`TransitionRecord`, so whoever reads the
+    records learns *why* (the ``rejected`` event carries the refusal) without a side channel.
+    """
+
+    event: str
+    error: BaseException | None = None
+
+
 #: An activity: runs while its state is active; returns the event to send (``None`` means the
-#: activity's declared ``done`` event) or raises (its declared ``error`` event).
-ActivityFn = Callable[["ActivityContext"], Awaitable[str | None]]
+#: activity's declared ``done`` event; an :class:`Outcome` names an event with its error) or
+#: raises (its declared ``error`` event).
+ActivityFn = Callable[["ActivityContext"], Awaitable[str | Outcome | None]]
 
 Kind = Literal["transition", "ignored", "dropped", "failed", "finished"]
 
@@ -164,9 +179,9 @@ class ActivityContext:
     def cancel_scope(self) -> anyio.CancelScope:
         return self._run.scope
 
-    def send(self, event: str) -> None:
+    def send(self, event: str, *, error: BaseException | None = None) -> None:
         """Post ``event`` on behalf of this activity (dropped if its state was left)."""
-        self._actor._post(event, origin=self._run.name, token=self._run.token)
+        self._actor._post(event, origin=self._run.name, token=self._run.token, error=error)
 
     def __repr__(self) -> str:
         return f"ActivityContext({self._run.name!r} of {self._run.state!r})"
@@ -257,9 +272,12 @@ class Actor:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def send_nowait(self, event: str) -> None:
-        """Queue ``event`` for processing; never blocks. Raises for undeclared events."""
-        self._post(event, origin="external", token=None)
+    def send_nowait(self, event: str, *, error: BaseException | None = None) -> None:
+        """Queue ``event`` (with the failure behind it, if any); never blocks.
+
+        Raises for undeclared events.
+        """
+        self._post(event, origin="external", token=None, error=error)
 
     async def send(self, event: str) -> TransitionRecord:
         """Queue ``event`` and wait until it has been processed; return what it did."""
@@ -470,9 +488,14 @@ class Actor:
                 except Exception as exc:
                     self._activity_failed(run, activity.error, exc)
                     return
-                event = outcome if outcome is not None else activity.done
+                error: BaseException | None = None
+                if isinstance(outcome, Outcome):
+                    event: str | None = outcome.event
+                    error = outcome.error
+                else:
+                    event = outcome if outcome is not None else activity.done
                 if event is not None:
-                    self._post(event, origin=run.name, token=run.token)
+                    self._post(event, origin=run.name, token=run.token, error=error)
                 else:
                     self._emit(
                         TransitionRecord(

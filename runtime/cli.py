@@ -38,7 +38,8 @@ from .backoff import Backoff
 from .client import Timeouts
 from .errors import RuntimeFailure, StopTimeout
 from .offsets import FileOffsetStore
-from .runner import Runner, RunnerSettings
+from .runner import Runner
+from .settings import RunnerSettings
 from .transitions_log import TransitionsLog
 
 __all__ = ["add_arguments", "load_handler", "run"]

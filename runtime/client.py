@@ -51,6 +51,7 @@ from .errors import (
     ServerFailure,
     ServerUnreachable,
 )
+from .offsets import START_OFFSET, offset_after
 
 __all__ = [
     "ClaimGrant",
@@ -65,33 +66,14 @@ __all__ = [
     "WakeStreamConnection",
     "describe_failure",
     "map_http_errors",
-    "offset_after",
     "raise_for_answer",
 ]
-
-#: The offset that means "from the start of the stream".
-START_OFFSET = "-1"
 
 _CONFLICTS: dict[str, type[Conflict]] = {
     "ALREADY_CLAIMED": AlreadyClaimed,
     "NO_PENDING_WORK": NoPendingWork,
     "FENCED": Fenced,
 }
-
-
-def offset_after(a: str, b: str) -> bool:
-    """Return True when offset ``a`` is strictly after offset ``b``.
-
-    Offsets are opaque but lexicographically sortable; ``-1`` (the start) is before every
-    offset the server mints.
-    """
-    if a == b:
-        return False
-    if b == START_OFFSET:
-        return True
-    if a == START_OFFSET:
-        return False
-    return a > b
 
 
 @attrs.frozen

@@ -10,12 +10,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import time
+from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Clock", "ManualClock", "SystemClock"]
+__all__ = ["Clock", "ManualClock", "SystemClock", "wall_time"]
 
 
 class Clock(Protocol):
@@ -113,3 +115,12 @@ class ManualClock:
 
     def __repr__(self) -> str:
         return f"ManualClock(now={self._now!r}, sleepers={len(self._sleepers)})"
+
+
+def wall_time() -> str:
+    """Return the current wall-clock time as an ISO 8601 UTC string (for diagnostics).
+
+    Diagnostics show when things happened in the world, so this reads the system's wall
+    clock, never a :class:`Clock` (whose seconds may be a test's manual time).
+    """
+    return datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds")

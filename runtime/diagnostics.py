@@ -9,11 +9,14 @@ wrong right now; the server's health view turns a non-empty list into a "degrade
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .claims import ClaimStatistics, wall_time
+from .clock import wall_time
+
+if TYPE_CHECKING:
+    from .claims import ClaimStatistics
 
 __all__ = ["Diagnostics"]
 
@@ -22,7 +25,7 @@ __all__ = ["Diagnostics"]
 class Diagnostics:
     """A runner's self-knowledge; see the module docstring."""
 
-    #: The chart's leaf state (``streaming``, ``reconnecting``...), or ``stopped``.
+    #: The chart's leaf state (``streaming``, ``server_gone``...), or ``stopped``.
     status: str = "stopped"
     started_at: str | None = None
     stream_connected: bool = False
@@ -57,7 +60,7 @@ class Diagnostics:
     def problems(self) -> list[str]:
         """Return what is wrong right now, in words (the server's verdict reads this list)."""
         found = []
-        if self.status in ("connecting", "reconnecting"):
+        if self.status in ("connecting", "after_answer", "server_gone"):
             found.append(f"the wake stream is not connected ({self.status})")
         return found
 

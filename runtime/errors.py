@@ -22,11 +22,14 @@ applications that embed it never see an ``httpx`` exception::
         │   └── ProtocolViolation   an answer that breaks the protocol (bad JSON, wrong type)
         ├── LeaseLost               a handler's claim was fenced; the handler was cancelled
         └── RunnerError             the runner was misused or could not stop cleanly
+            ├── InvalidServerURL        a server URL without http:// or https://, or a host
             ├── RunnerNotRunning        start()/stop() outside ``async with Runner(...)``
             └── StopTimeout             handlers ignored cancellation; ``.stuck`` names them
 
-``Rejected`` is the one refusal the runner treats as final: it stops and keeps the error in
-``runner.error``; ``wait_state()`` and ``stop()`` raise it.
+``Rejected`` is the refusal the runner treats as final (with, on connect, a ``Conflict`` or a
+``RunnerError``: a configuration the server will never accept): it stops, keeps the error in
+``runner.error``, cancels the ``async with Runner(...)`` block and raises the error on leaving
+it; ``wait_state()`` and ``stop()`` raise it too.
 """
 
 from __future__ import annotations
@@ -129,6 +132,13 @@ class LeaseLost(RuntimeFailure):
 
 class RunnerError(RuntimeFailure):
     """The runner was misused, or could not stop cleanly."""
+
+
+class InvalidServerURL(RunnerError, ValueError):
+    """A server URL the runner cannot use: no ``http://``/``https://`` scheme, or no host.
+
+    Raised by ``Runner(...)`` itself, before anything starts, with the corrected URL to write.
+    """
 
 
 class RunnerNotRunning(RunnerError):

@@ -3,9 +3,7 @@
 Theory of operation
 -------------------
 The heartbeat is the activity of the chart's ``running`` state: it starts with the run and
-survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exchange, and every
-``probe_interval`` instead while the runner waits to reconnect to a server it could not reach
-(see below):
+survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exchange:
 
 - with a runner registry: ``POST /v1/runners/{id}/heartbeat`` carrying the lease, the committed
   wake-stream offset and the diagnostics. 404 means the server forgot the runner (a wiped
@@ -16,23 +14,24 @@ survives reconnects. Every ``interval`` (clock seconds) it makes one bounded exc
 Its outcomes drive the chart, which is how the runner notices a dead server even while the wake
 stream is idle or a connect hangs: after ``failures_before_reset`` consecutive failures it sends
 ``stream_reset`` (aborting a hung connect, or a stream that reads nothing from a dead server).
-A 401/403 ends the activity with the ``rejected`` event. It never raises: any other failure is
-recorded and counted, and the next beat comes after the next pause.
+A 401/403 ends the activity with the ``rejected`` event, the refusal travelling with it. It
+never raises: any other failure is recorded and counted, and the next beat comes after the
+next pause. Its pace never changes: what the chart is doing is the chart's business.
 
-While the host says it is ``waiting_for_server`` (the chart is ``reconnecting`` because the
-server gave no answer: refused, reset, timed out, or the heartbeats themselves failed), the
-pauses shrink to ``probe_interval``, each drawn at random between half of it and all of it so
-that a fleet that lost the same server does not probe it in lockstep; and a beat that gets
-through sends ``server_reachable``, which cuts the backoff short. So a reconnect follows the
-server's return within about one ``probe_interval``, however far the backoff has grown. When the
-stream was lost to an *answer* (an HTTP error, a protocol violation, a clean end) the host is
-not waiting for the server: the beats keep their normal interval and never cut the backoff,
-which then paces the retries alone (a server that answers errors is not made to answer them
-faster). Entering or leaving that wait takes effect at once: the host calls :meth:`reschedule`
-(a pause under way is shortened, never lengthened) and :meth:`nudge` (beat now).
+:meth:`Heartbeat.probe` is a second activity, owned by the chart's ``server_gone`` state (the
+runner waits to reconnect to a server that gave no answer). It makes the same exchange every
+``probe_interval``, each pause drawn at random between half of it and all of it so that a
+fleet that lost the same server does not probe it in lockstep, and returns on the first one
+that gets through: its done event, ``server_reachable``, cuts the backoff short. So a reconnect
+follows the server's return within about one ``probe_interval``, however far the backoff has
+grown. After an *answer* (an HTTP error, a protocol violation, a clean end) the chart is in
+``after_answer``, where no probe runs: the backoff paces the retries alone, so a server that
+answers errors is not made to answer them faster.
 
-The final heartbeat of a clean stop (status ``stopped``) is sent by the drain with
-:meth:`Heartbeat.final`, so the server shows the runner ``offline``, not ``expired``.
+:meth:`nudge` makes the loop beat now (the read activity calls it when a stream opens, so the
+server's view follows a reconnect at once). The final heartbeat of a clean stop (status
+``stopped``) is sent by the drain with :meth:`Heartbeat.final`, so the server shows the runner
+``offline``, not ``expired``.
 """
 
 from __future__ import annotations
@@ -43,10 +42,9 @@ from typing import Any, Protocol
 
 import anyio
 
-from .actor import ActivityContext
-from .claims import wall_time
+from .actor import ActivityContext, Outcome
 from .client import Client, describe_failure
-from .clock import Clock
+from .clock import Clock, wall_time
 from .diagnostics import Diagnostics
 from .errors import NotFound, Rejected, RequestFailed
 
@@ -71,11 +69,6 @@ class HeartbeatHost(Protocol):
     @property
     def wake_stream(self) -> str | None: ...
 
-    @property
-    def waiting_for_server(self) -> bool:
-        """True while the runner waits to reconnect to a server that gave no answer."""
-        ...
-
     async def ensure_registered(self) -> None: ...
 
     def forget_registration(self) -> None: ...
@@ -83,8 +76,6 @@ class HeartbeatHost(Protocol):
     async def persist_offset(self) -> str | None: ...
 
     def report(self) -> dict[str, Any]: ...
-
-    def reject(self, error: Rejected) -> None: ...
 
 
 class Heartbeat:
@@ -108,9 +99,10 @@ class Heartbeat:
         self.timeout = timeout
         self.lease_ms = lease_ms
         self.failures_before_reset = failures_before_reset
-        #: The pause (before jitter) while the host waits for the server; None: ``interval``.
+        #: The pause (before jitter) between probes of a gone server; None: ``interval``.
         self.probe_interval = probe_interval
         self._rng = rng or random.Random()
+        self._one_at_a_time = anyio.Lock()
         # Invariant: failures since the last successful beat.
         self.consecutive_failures = 0
         # Invariant: the clock time the running pause ends; None while no pause runs.
@@ -118,8 +110,8 @@ class Heartbeat:
         # Invariant: True once nudge() asked the running pause to end now; reset as a pause
         # starts (a nudge during a beat is spent by that beat).
         self._beat_now = False
-        # Invariant: set by nudge() and reschedule() to make the running pause look again at
-        # _due and _beat_now; replaced for each sleep.
+        # Invariant: set by nudge() to make the running pause look again at _due and
+        # _beat_now; replaced for each sleep.
         self._woken: anyio.Event | None = None
 
     def nudge(self) -> None:
@@ -131,20 +123,9 @@ class Heartbeat:
         self._beat_now = True
         self._wake()
 
-    def reschedule(self) -> None:
-        """Bring the running pause's end forward to what the host's state calls for now.
-
-        The host calls it when it starts waiting for the server, so the first probe comes
-        within ``probe_interval`` rather than at the end of a normal interval already under
-        way. It never delays a beat.
-        """
-        if self._due is not None:
-            self._due = min(self._due, self._clock.now() + self._next_pause())
-            self._wake()
-
-    def _next_pause(self) -> float:
-        """Return the pause before the next beat: a jittered probe or the normal interval."""
-        if self.probe_interval is None or not self._host.waiting_for_server:
+    def _probe_pause(self) -> float:
+        """Return a jittered pause in ``[p/2, p]`` before the next probe, at most ``interval``."""
+        if self.probe_interval is None:
             return self.interval
         probe = self.probe_interval * (1.0 - PROBE_JITTER * self._rng.random())
         return min(self.interval, probe)
@@ -154,12 +135,9 @@ class Heartbeat:
             self._woken.set()
 
     async def _pause(self) -> None:
-        """Wait on the clock until the next beat is due (see :meth:`_next_pause`).
-
-        :meth:`reschedule` may shorten the wait and :meth:`nudge` ends it.
-        """
+        """Wait on the clock until the next beat is due; :meth:`nudge` ends the wait."""
         self._beat_now = False
-        self._due = self._clock.now() + self._next_pause()
+        self._due = self._clock.now() + self.interval
         try:
             while not self._beat_now:
                 remaining = self._due - self._clock.now()
@@ -185,12 +163,15 @@ class Heartbeat:
     async def beat(self, *, status: str | None = None) -> None:
         """Send one heartbeat (or probe); raise the mapped error when it fails.
 
-        The whole beat, registration included, is bounded by ``timeout``: a beat that cannot
+        The whole beat, registration and the wait for a beat under way included, is bounded by
+        ``timeout``: a beat that cannot
         finish in time raises ``TimeoutError`` (saying so) and counts as a failure.
         """
         try:
             with anyio.fail_after(self.timeout):
-                await self._beat(status)
+                # The loop and the probe take turns: one exchange (and offset save) at a time.
+                async with self._one_at_a_time:
+                    await self._beat(status)
         except TimeoutError as exc:
             if str(exc):
                 raise
@@ -223,33 +204,51 @@ class Heartbeat:
             timeout=self.timeout,
         )
 
-    async def run(self, ctx: ActivityContext) -> str | None:
-        """Beat until cancelled; return ``"rejected"`` on a 401/403 (the chart's activity)."""
-        diagnostics = self._host.diagnostics
+    async def run(self, ctx: ActivityContext) -> Outcome | None:
+        """Beat until cancelled; end with ``rejected`` on a 401/403 (the chart's activity)."""
         while True:
             try:
                 await self.beat()
             except Rejected as exc:
-                self._failed(exc)
-                self._host.reject(exc)
-                return "rejected"
-            except RequestFailed as exc:
-                self._failed(exc)
-            except (TimeoutError, OSError) as exc:
-                # No answer within the bound (a hung server, or a registration in progress
-                # that hangs), or the local offset store could not be written.
-                self._failed(exc)
+                self._failed(exc, quiet=False)
+                return Outcome("rejected", exc)
+            except (RequestFailed, TimeoutError, OSError) as exc:
+                # An error answer; no answer within the bound (a hung server, or a
+                # registration in progress that hangs); or the local offset store failed.
+                self._failed(exc, quiet=False)
             else:
-                self.consecutive_failures = 0
-                diagnostics.last_heartbeat_ok = True
-                diagnostics.last_heartbeat_at = wall_time()
-                if self._host.waiting_for_server:
-                    ctx.send("server_reachable")
+                self._succeeded()
             if self.consecutive_failures >= self.failures_before_reset:
                 ctx.send("stream_reset")
             await self._pause()
 
-    def _failed(self, exc: BaseException) -> None:
+    async def probe(self, ctx: ActivityContext) -> Outcome | None:
+        """Beat every jittered ``probe_interval`` until one gets through (the chart's probe).
+
+        Returning is the done event (``server_reachable``); a 401/403 ends it with
+        ``rejected``. Its failures count like the loop's, but past the first few they are
+        logged at debug level: a server known to be gone fails several probes a second.
+        """
+        while True:
+            await self._clock.sleep(self._probe_pause())
+            try:
+                await self.beat()
+            except Rejected as exc:
+                self._failed(exc, quiet=False)
+                return Outcome("rejected", exc)
+            except (RequestFailed, TimeoutError, OSError) as exc:
+                self._failed(exc, quiet=self.consecutive_failures >= self.failures_before_reset)
+            else:
+                self._succeeded()
+                return None
+
+    def _succeeded(self) -> None:
+        self.consecutive_failures = 0
+        diagnostics = self._host.diagnostics
+        diagnostics.last_heartbeat_ok = True
+        diagnostics.last_heartbeat_at = wall_time()
+
+    def _failed(self, exc: BaseException, *, quiet: bool) -> None:
         self.consecutive_failures += 1
         diagnostics = self._host.diagnostics
         diagnostics.heartbeat_failures += 1
@@ -258,9 +257,6 @@ class Heartbeat:
         diagnostics.record_error(f"heartbeat: {describe_failure(exc)}")
         # Probes of a server already known to be gone fail several times a second: the first
         # failures are news, the rest go to the debug log (the diagnostics count them all).
-        quiet = (
-            self._host.waiting_for_server and self.consecutive_failures > self.failures_before_reset
-        )
         logger.log(
             logging.DEBUG if quiet else logging.WARNING,
             "heartbeat failed (%d in a row): %s",

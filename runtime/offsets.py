@@ -38,9 +38,8 @@ from typing import Protocol
 import anyio
 import attrs
 
-from .client import START_OFFSET
-
 __all__ = [
+    "START_OFFSET",
     "FileOffsetStore",
     "MemoryOffsetStore",
     "OffsetStore",
@@ -48,7 +47,27 @@ __all__ = [
     "Ticket",
     "WakeCursor",
     "default_offset_path",
+    "offset_after",
 ]
+
+
+#: The offset that means "from the start of the stream".
+START_OFFSET = "-1"
+
+
+def offset_after(a: str, b: str) -> bool:
+    """Return True when offset ``a`` is strictly after offset ``b``.
+
+    Offsets are opaque but lexicographically sortable; ``-1`` (the start) is before every
+    offset the server mints.
+    """
+    if a == b:
+        return False
+    if b == START_OFFSET:
+        return True
+    if a == START_OFFSET:
+        return False
+    return a > b
 
 
 class OffsetStore(Protocol):

@@ -3,41 +3,24 @@
 Theory of operation
 -------------------
 The runner *is* the lifecycle chart (:mod:`pullwake.machines.lifecycle`) run by an
-:class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. What it adds are
-the chart's five activities and the per-run objects they share:
+:class:`~pullwake.runtime.actor.Actor`; it adds no lifecycle state of its own. This module is
+its public face: ``async with``, :meth:`Runner.start`, :meth:`Runner.stop`, :meth:`Runner.run`,
+:meth:`Runner.wait_state`, :meth:`Runner.health` and :meth:`Runner.statistics`.
 
-- ``heartbeat`` (owned by ``running``): :mod:`.heartbeat`; registers the runner first. While
-  the run is ``waiting_for_server`` (``reconnecting`` after the server gave no answer) it
-  probes every ``reconnect_probe_interval`` and its first success cuts the backoff short.
-- ``connect`` (``connecting``): registers if needed, creates the declared subscriptions, loads
-  the resume offset, opens the SSE wake stream and leaves the accepted response in the run's
-  **slot**. It returns ``"rejected"`` on a 401/403 and raises (``connect_failed``) on anything
-  else. A ``stream_reset`` from the heartbeat cancels a connect that hangs.
-- ``read_stream`` (``streaming``): takes the response from the slot, reads ``data`` and
-  ``control`` events, hands each wake to the claim pipeline with a ticket of the
-  :class:`~.offsets.WakeCursor`, and checkpoints the cursor at each control event. EOF, a read
-  timeout (silence) or a broken stream end it (``stream_ended``).
-- ``backoff`` (``reconnecting``): waits a jittered exponential delay (small first step, capped,
-  reset once a new stream delivered its first control event) and moves to the next server URL.
-  Why the stream was lost decides whether a heartbeat may end the wait early: only when the
-  server gave no answer (connect refused, reset, timed out, silence, failing heartbeats). After
-  an answer (an HTTP error, a protocol violation, a clean end) the backoff alone paces the
-  retries, so a server that keeps refusing the wake stream is never asked again any sooner.
-- ``drain`` (``stopping``): closes the claim pipeline (handlers get ``grace`` seconds, then are
-  cancelled; every unfinished claim is released), saves the committed offset, sends the final
-  heartbeat with status ``stopped`` and closes the HTTP client; then the chart rests in
-  ``stopped``.
-
-Every activity starts by closing a response left in the slot, so a connection opened by a
-connect whose ``connected`` event lost a race with ``stream_reset`` never leaks.
+Each ``start()`` makes a :class:`~.run.Run` (:mod:`.run`): the run's objects and the chart's
+activities, given a frozen :class:`~.run.RunConfig`, the clock, the random source and the
+counters, never the runner itself. The actor's activity table delegates to the current run.
 
 Per-wake work never goes through the chart: wakes and claims flow from ``read_stream`` to the
 :class:`~.claims.ClaimPipeline`, whose host task lives in the runner's own task group for the
 length of one run (it must outlive reconnects, and handlers get their grace at stop).
 
-One run is everything from ``start()`` to the ``drained`` event: a fresh HTTP client, pipeline,
-cursor and slot, all closed by the drain. Nothing is global, so stopping and starting again,
-in one process, stacks nothing.
+The runner only *observes* the chart (its ``inspect`` hook): it logs each transition, copies
+the leaf state into the diagnostics, wakes :meth:`Runner.wait_state`, and keeps the error that
+travelled with a ``rejected`` event, to raise it. It never decides a reaction of the lifecycle
+itself. The one thing it does for its caller: when a run stops for good (``rejected``), it
+cancels the caller's ``async with`` block, whose exit then raises the error, as a task group
+does when a child fails; otherwise a program waiting in that block would wait forever.
 """
 
 from __future__ import annotations
@@ -45,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import ssl
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -58,133 +40,34 @@ from anyio.abc import TaskGroup
 
 from pullwake.machines.lifecycle import LIFECYCLE
 
-from .actor import ActivityContext, Actor, ActorStatistics, TransitionRecord, describe
-from .backoff import Backoff
-from .claims import ClaimPipeline, ClaimSettings, ClaimStatistics, Handler, Wake, wall_time
-from .client import (
-    START_OFFSET,
-    Client,
-    ControlEvent,
-    DataEvent,
-    Timeouts,
-    WakeStreamConnection,
-    describe_failure,
+from .actor import (
+    ActivityContext,
+    ActivityFn,
+    Actor,
+    ActorStatistics,
+    Outcome,
+    TransitionRecord,
+    describe,
 )
+from .claims import ClaimStatistics
 from .clock import Clock, SystemClock
 from .diagnostics import Diagnostics
 from .errors import (
-    Conflict,
-    NotFound,
+    InvalidServerURL,
     Rejected,
-    RequestFailed,
     RunnerError,
     RunnerNotRunning,
     RuntimeFailure,
-    ServerUnreachable,
     StopTimeout,
 )
-from .heartbeat import Heartbeat
-from .offsets import (
-    FileOffsetStore,
-    OffsetStore,
-    RegistryOffsetStore,
-    WakeCursor,
-    default_offset_path,
-)
+from .offsets import OffsetStore
+from .run import Run, RunConfig, RunCounters
+from .settings import RunnerSettings, SubscriptionSpec
+from .work import Handler
 
-__all__ = ["Runner", "RunnerSettings", "RunnerStatistics", "SubscriptionSpec"]
+__all__ = ["Runner", "RunnerStatistics"]
 
 logger = logging.getLogger("pullwake.runner")
-
-
-@attrs.frozen
-class SubscriptionSpec:
-    """A pull-wake subscription the runner creates (or re-confirms) when it connects.
-
-    ``wake_stream`` defaults to the runner's. Give ``pattern`` (a glob: ``*`` one segment,
-    ``**`` any) or ``streams`` (explicit paths), or both.
-    """
-
-    id: str
-    pattern: str | None = None
-    streams: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    lease_ttl_ms: int | None = None
-    description: str | None = None
-    wake_stream: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not self.id:
-            raise ValueError("a subscription needs an id")
-        if self.pattern is None and not self.streams:
-            raise ValueError(f"subscription {self.id!r} needs a pattern or streams")
-
-    def body(self, wake_stream: str) -> dict[str, Any]:
-        """Return the PUT body for this subscription."""
-        body: dict[str, Any] = {"wake_stream": self.wake_stream or wake_stream}
-        if self.pattern is not None:
-            body["pattern"] = self.pattern
-        if self.streams:
-            body["streams"] = list(self.streams)
-        if self.lease_ttl_ms is not None:
-            body["lease_ttl_ms"] = self.lease_ttl_ms
-        if self.description is not None:
-            body["description"] = self.description
-        return body
-
-
-def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0, got {value!r}")
-
-
-def _positive_or_none(
-    instance: object, attribute: attrs.Attribute[Any], value: float | None
-) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0 or None, got {value!r}")
-
-
-@attrs.frozen
-class RunnerSettings:
-    """Every tunable of a runner, with production defaults; tests shrink them.
-
-    Delays (heartbeat and probe intervals, backoffs) are in clock seconds; timeouts and stop
-    bounds are in real seconds.
-    """
-
-    #: Seconds between heartbeats; also how often liveness is probed.
-    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
-    #: Bound on one heartbeat; ``None`` means the interval.
-    heartbeat_timeout: float | None = None
-    #: The lease the heartbeat asks for; ``None`` means three intervals (at least 1 s).
-    lease_ms: int | None = None
-    #: Consecutive heartbeat failures that reset the wake stream (abort a hung connect).
-    failures_before_reset: int = attrs.field(default=2, validator=attrs.validators.ge(1))
-    #: Connect, read (silence on the wake stream) and request timeouts.
-    timeouts: Timeouts = attrs.field(factory=Timeouts)
-    #: Reconnect backoff of the wake stream.
-    backoff: Backoff = attrs.field(factory=lambda: Backoff(initial=0.1, maximum=30.0))
-    #: While reconnecting to a server that gave no answer, heartbeat this often instead of every
-    #: ``heartbeat_interval`` (each pause drawn between half of it and all of it), so the first
-    #: beat that gets through ends the backoff within about this long of the server's return,
-    #: however far the backoff has grown. ``None`` keeps ``heartbeat_interval``.
-    reconnect_probe_interval: float | None = attrs.field(default=0.5, validator=_positive_or_none)
-    #: The claim pipeline's tunables (concurrency is overridden by ``Runner(concurrency=)``).
-    claims: ClaimSettings = attrs.field(factory=ClaimSettings)
-    #: After ``grace``: real seconds for cancelled handlers to end, and again for the final
-    #: releases and heartbeat. ``stop()`` returns within ``grace + 3 * stop_bound``.
-    stop_bound: float = attrs.field(default=1.0, validator=_positive)
-    #: How long the actor waits for an activity that ignores cancellation.
-    exit_timeout: float = attrs.field(default=5.0, validator=_positive)
-    #: Where a runner with no saved offset starts reading its wake stream.
-    initial_offset: str = START_OFFSET
-
-    def heartbeat_bound(self) -> float:
-        return self.heartbeat_timeout or self.heartbeat_interval
-
-    def heartbeat_lease_ms(self) -> int:
-        """Return the lease to ask for: three intervals, at least the 1 s servers accept."""
-        return self.lease_ms or max(1000, int(self.heartbeat_interval * 3000))
 
 
 @attrs.frozen
@@ -198,202 +81,23 @@ class RunnerStatistics:
     actor: ActorStatistics
 
 
-class _StreamSlot:
-    """Where ``connect`` leaves the open wake stream for ``read_stream``; owned by the run."""
-
-    def __init__(self) -> None:
-        # Invariant: an accepted, not yet taken response, or None.
-        self._connection: WakeStreamConnection | None = None
-
-    def put(self, connection: WakeStreamConnection) -> None:
-        assert self._connection is None, "discard the slot before putting a new connection"
-        self._connection = connection
-
-    def take(self) -> WakeStreamConnection | None:
-        connection, self._connection = self._connection, None
-        return connection
-
-    async def discard(self) -> None:
-        """Close a response nobody took (the chart went elsewhere before reading it)."""
-        connection = self.take()
-        if connection is not None:
-            await connection.aclose()
-
-
-class _RunSession:
-    """The objects of one run, from ``start()`` to ``drained``; the heartbeat's host."""
-
-    def __init__(self, runner: Runner, transport: httpx.AsyncBaseTransport | None) -> None:
-        settings = runner.settings
-        self.runner = runner
-        self.runner_id = runner.runner_id
-        self.diagnostics = runner.diagnostics
-        self.client = Client(
-            runner.urls,
-            token=runner._token,
-            timeouts=settings.timeouts,
-            transport=transport,
-            ssl_context=runner._ssl_context(),
+def _check_server_url(url: str) -> None:
+    """Raise :class:`InvalidServerURL` unless ``url`` is an ``http(s)://host...`` URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidServerURL(
+            f"server URL {url!r} has no scheme; write it as 'http://{url}' (or 'https://{url}')"
         )
-        self.pipeline = ClaimPipeline(
-            self.client,
-            runner.handler,
-            worker=runner.runner_id,
-            settings=attrs.evolve(settings.claims, concurrency=runner.concurrency),
-            clock=runner.clock,
-            statistics=runner._claim_stats,
-            on_rejected=runner._rejected_by_pipeline,
-            rng=runner._rng,
+    if scheme.lower() not in ("http", "https"):
+        raise InvalidServerURL(
+            f"server URL {url!r} uses {scheme!r}; a runner speaks http:// or https:// only, "
+            f"such as 'http://{rest}'"
         )
-        self.heartbeat = Heartbeat(
-            self,
-            clock=runner.clock,
-            interval=settings.heartbeat_interval,
-            timeout=settings.heartbeat_bound(),
-            lease_ms=settings.heartbeat_lease_ms(),
-            failures_before_reset=settings.failures_before_reset,
-            probe_interval=settings.reconnect_probe_interval,
-            rng=runner._rng,
+    if not rest.split("/", 1)[0]:
+        raise InvalidServerURL(
+            f"server URL {url!r} names no host; write it as 'http://HOST:PORT', such as "
+            "'http://127.0.0.1:4437'"
         )
-        self.slot = _StreamSlot()
-        # Invariant: None until the first connect loaded the resume offset of this run.
-        self.cursor: WakeCursor | None = None
-        self._wake_stream = runner.wake_stream
-        # Invariant: None until registration was tried; then whether the server has a registry.
-        self._registry: bool | None = None
-        self._registered = False
-        self._subscriptions_ready = False
-        self._registry_store = RegistryOffsetStore()
-        # Invariant: set once the registry question is answered (or given by the app).
-        self.store: OffsetStore | None = runner._offset_store
-        self._lock = anyio.Lock()
-        # Connect attempts since the last good stream: the backoff exponent.
-        self.connect_failures = 0
-        # Invariant: True when the wake stream was last lost because the server gave no answer
-        # (connect refused, reset or timed out, a broken or silent stream, failing heartbeats);
-        # False when it answered (an HTTP error, a protocol violation, a clean end). Set each
-        # time the chart enters reconnecting, by stream_lost().
-        self.server_unreachable = False
-        # Handlers that ignored cancellation at stop (filled by the drain).
-        self.stuck: tuple[str, ...] = ()
-        self.closed = False
-
-    # -- HeartbeatHost ---------------------------------------------------------------------
-
-    @property
-    def registry(self) -> bool | None:
-        return self._registry
-
-    @property
-    def wake_stream(self) -> str | None:
-        return self._wake_stream
-
-    @property
-    def state(self) -> str:
-        return self.runner.state
-
-    @property
-    def waiting_for_server(self) -> bool:
-        """True while the chart is ``reconnecting`` because the server gave no answer.
-
-        Only then does the heartbeat probe every ``reconnect_probe_interval`` and a beat that
-        gets through cut the backoff (``server_reachable``). After an HTTP error the server is
-        up: reconnecting sooner would only fetch the same answer sooner, so the backoff runs.
-        """
-        return self.server_unreachable and self.state == "reconnecting"
-
-    def stream_lost(self, event: str, error: BaseException | None) -> None:
-        """Record why the wake stream is down (the event that entered ``reconnecting``).
-
-        ``stream_reset`` (failing heartbeats) and a :class:`ServerUnreachable` failure mean
-        the server gave no answer; anything else (``connect_failed`` or ``stream_ended`` on an
-        HTTP error, a protocol violation, a clean EOF) means it answered. Also called when the
-        heartbeats fail while the chart is already ``reconnecting`` (an ignored
-        ``stream_reset``): the server has since gone away.
-        """
-        self.server_unreachable = event == "stream_reset" or isinstance(error, ServerUnreachable)
-        self.heartbeat.reschedule()
-
-    async def ensure_registered(self) -> None:
-        """Register with the server once per run (again after forget_registration())."""
-        if self._registered:
-            return
-        async with self._lock:
-            if self._registered:
-                return
-            runner = self.runner
-            try:
-                record = await self.client.register(
-                    self.runner_id, label=runner.label, wake_stream=self._wake_stream
-                )
-            except NotFound:
-                self._registry = False
-                if self.store is None:
-                    self.store = FileOffsetStore(default_offset_path(self.runner_id))
-                logger.info(
-                    "server %s has no runner registry; probing liveness with HEAD and keeping "
-                    "the offset in %r",
-                    self.client.base_url,
-                    self.store,
-                )
-            else:
-                self._registry = True
-                if self._wake_stream is None:
-                    self._wake_stream = record.wake_stream
-                if self.cursor is None:
-                    self._registry_store.seed(record.wake_stream_offset)
-                if self.store is None:
-                    self.store = self._registry_store
-            self.diagnostics.registry = self._registry
-            self._registered = True
-
-    def forget_registration(self) -> None:
-        self._registered = False
-
-    async def persist_offset(self) -> str | None:
-        if self.cursor is None:
-            return None
-        offset = self.cursor.committed
-        if self.store is not None:
-            await self.store.save(offset)
-        return offset
-
-    def report(self) -> dict[str, Any]:
-        return self.runner.health()
-
-    def reject(self, error: Rejected) -> None:
-        self.runner._fail(error)
-
-    # -- connect ---------------------------------------------------------------------------
-
-    async def ensure_ready(self) -> WakeCursor:
-        """Register, create the declared subscriptions and load the resume offset (once)."""
-        await self.ensure_registered()
-        if self._wake_stream is None:
-            raise RunnerError(
-                f"runner {self.runner_id!r} has no wake stream: pass wake_stream=... (the "
-                "server's registry knows none for this runner)"
-            )
-        if not self._subscriptions_ready:
-            for spec in self.runner.subscription_specs:
-                created = await self.client.put_subscription(spec.id, spec.body(self._wake_stream))
-                logger.info("subscription %r %s", spec.id, "created" if created else "confirmed")
-            self._subscriptions_ready = True
-        if self.cursor is None:
-            assert self.store is not None
-            saved = await self.store.load()
-            offset = saved or self.runner.settings.initial_offset
-            self.cursor = WakeCursor(offset)
-            logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
-        return self.cursor
-
-    async def close(self) -> None:
-        """Close what the run holds (idempotent): the slot's response and the HTTP client."""
-        if self.closed:
-            return
-        self.closed = True
-        await self.slot.discard()
-        await self.client.aclose()
 
 
 class Runner:
@@ -434,6 +138,8 @@ class Runner:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
             raise ValueError("give at least one server URL, such as http://127.0.0.1:4437")
+        for each in urls:
+            _check_server_url(each)
         if not runner_id or "/" in runner_id:
             raise ValueError(f"runner_id must be a non-empty name without '/', got {runner_id!r}")
         if not callable(handler):
@@ -445,7 +151,6 @@ class Runner:
         self.urls = tuple(urls)
         self.runner_id = runner_id
         self.handler = handler
-        self._token = token
         self.wake_stream = wake_stream
         specs: list[SubscriptionSpec] = []
         ids: set[str] = set()
@@ -463,17 +168,32 @@ class Runner:
         self.clock: Clock = clock or SystemClock()
         self.settings = settings or RunnerSettings()
         self.label = label
-        self._offset_store = offset_store
         self._inspect_hook = inspect
-        self._transport = transport
         self._rng = rng or random.Random()
         self.diagnostics = Diagnostics()
-        self._claim_stats = ClaimStatistics()
+        self._counters = RunCounters()
+        # Written by start() only.
         self._starts = 0
-        self._reconnects = 0
+        # What every run is given (the TLS context is made once and shared by all runs).
+        self._config = RunConfig(
+            self.urls,
+            runner_id,
+            handler,
+            self.settings,
+            concurrency,
+            grace,
+            token=token,
+            wake_stream=wake_stream,
+            label=label,
+            subscription_specs=self.subscription_specs,
+            subscription_ids=self.subscription_ids,
+            offset_store=offset_store,
+            transport=transport,
+            ssl_context=httpx.create_ssl_context(),
+        )
         # Invariant: the run in progress or the last one (closed after its drain); None before
         # the first start.
-        self._session: _RunSession | None = None
+        self._run: Run | None = None
         # Invariant: the reason the last run stopped by itself (a refusal), until the next start.
         self._error: RuntimeFailure | None = None
         # Invariant: True once stop() raised the current run's problems (not raised again).
@@ -485,14 +205,18 @@ class Runner:
         self._release_host: anyio.Event | None = None
         self._lock: anyio.Lock | None = None
         self._changed: anyio.Event | None = None
-        # The TLS settings every run's client shares (immutable once made).
-        self._ssl: ssl.SSLContext | None = None
+        # The cancel scope of the caller's 'async with' block, while it runs.
+        self._body: anyio.CancelScope | None = None
 
     # -- public view -----------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        """The chart's leaf state: stopped, connecting, streaming, reconnecting or stopping."""
+        """The chart's leaf state (``streaming``, ``after_answer``, ``server_gone``, ...).
+
+        ``after_answer`` and ``server_gone`` are the children of ``reconnecting``; test for that
+        phase with ``"reconnecting" in runner.configuration``.
+        """
         return self._actor.state if self._actor is not None else "stopped"
 
     @property
@@ -507,12 +231,12 @@ class Runner:
     @property
     def offset(self) -> str | None:
         """The committed wake-stream offset of the current (or last) run."""
-        session = self._session
-        return session.cursor.committed if session is not None and session.cursor else None
+        run = self._run
+        return run.cursor.committed if run is not None and run.cursor else None
 
     def health(self) -> dict[str, Any]:
         """Return the runner's local diagnostics (what the heartbeat reports)."""
-        report = self.diagnostics.report(self._claim_stats, self.offset)
+        report = self.diagnostics.report(self._counters.claims, self.offset)
         report["status"] = self.state
         if self._error is not None:
             report["error"] = str(self._error)
@@ -524,8 +248,8 @@ class Runner:
         return RunnerStatistics(
             starts=self._starts,
             state=self.state,
-            reconnects=self._reconnects,
-            claims=attrs.evolve(self._claim_stats),
+            reconnects=self._counters.reconnects,
+            claims=attrs.evolve(self._counters.claims),
             actor=actor,
         )
 
@@ -568,10 +292,17 @@ class Runner:
             release.set()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel(reason="runner failed to start")
-            with anyio.CancelScope(shield=True):
+            # Close the task group where it was opened (not inside a new cancel scope, which
+            # anyio refuses to unwind across): the original exception then propagates as is.
+            try:
                 await stack.aclose()
-            self._reset_handles()
+            finally:
+                self._reset_handles()
             raise
+        # The caller's block runs in this scope: a runner that stops for good cancels it, and
+        # __aexit__ raises the error, as a task group does with a failing child.
+        self._body = anyio.CancelScope()
+        self._body.__enter__()
         return self
 
     async def _host(
@@ -590,11 +321,9 @@ class Runner:
         actor = Actor(
             LIFECYCLE,
             {
-                "heartbeat": self._heartbeat,
-                "connect": self._connect,
-                "read_stream": self._read_stream,
-                "backoff": self._backoff,
-                "drain": self._drain,
+                activity.name: self._delegate(activity.name)
+                for owned in LIFECYCLE.activities.values()
+                for activity in owned
             },
             clock=self.clock,
             inspect=self._inspect,
@@ -616,6 +345,12 @@ class Runner:
         assert self._stack is not None
         assert self._tg is not None
         assert self._release_host is not None
+        assert self._body is not None
+        body, self._body = self._body, None
+        # Leave the block's scope first (it was entered last); it absorbs the cancellation it
+        # caused when the runner stopped for good, and only that one.
+        if body.__exit__(exc_type, exc, tb):
+            exc_type, exc, tb = None, None, None
         problem: BaseException | None = None
         settings = self.settings
         bound = self.grace + 3 * settings.stop_bound + settings.exit_timeout
@@ -625,11 +360,11 @@ class Runner:
                     await self.stop()
                 except RuntimeFailure as error:
                     problem = error
-            session = self._session
-            if session is not None and not session.closed:
+            run = self._run
+            if run is not None and not run.closed:
                 # The drain did not finish (it was cut): cancel the run's tasks and close.
                 self._tg.cancel_scope.cancel(reason="runner closed before its drain finished")
-                await session.close()
+                await run.close()
             self._release_host.set()
         try:
             # The body's exception is not handed to the task group: the run is over, so there
@@ -638,11 +373,15 @@ class Runner:
             await self._stack.__aexit__(None, None, None)
         finally:
             self._reset_handles()
+        if problem is None and body.cancelled_caught and self._error is not None:
+            # The block was cancelled for the error, which was already reported (by stop()
+            # or run() inside the block): raise it again rather than end silently.
+            problem = self._error
         if problem is not None and exc_type is None:
             raise problem
         if problem is not None:
             logger.error("while leaving the runner after an error: %s", problem)
-        return None
+        return True if body.cancelled_caught else None
 
     def _reset_handles(self) -> None:
         if self._changed is not None:
@@ -669,21 +408,24 @@ class Runner:
                 await actor.wait_state("stopped")
             if actor.state != "stopped":
                 return
-            session = _RunSession(self, self._transport)
+            run = Run(
+                self._config,
+                clock=self.clock,
+                rng=self._rng,
+                counters=self._counters,
+                diagnostics=self.diagnostics,
+                report=self.health,
+                on_rejected=self._rejected_by_pipeline,
+            )
             try:
-                await self._tg.start(session.pipeline.run, name="pullwake-claims")
+                await self._tg.start(run.pipeline.run, name="pullwake-claims")
             except BaseException:
-                await session.close()
+                await run.close()
                 raise
-            self._session = session
+            self._run = run
             self._error = None
             self._reported = False
             self._starts += 1
-            self.diagnostics.started_at = wall_time()
-            self.diagnostics.reconnect_count = 0
-            self.diagnostics.events_received = 0
-            self.diagnostics.wakes_received = 0
-            self.diagnostics.server = session.client.base_url
             await actor.send("start")
 
     async def stop(self) -> None:
@@ -698,17 +440,17 @@ class Runner:
             if "running" in actor.configuration:
                 await actor.send("stop")
             await actor.wait_state("stopped")
-            session = self._session
-            if self._reported or session is None:
+            run = self._run
+            if self._reported or run is None:
                 return
             self._reported = True
-            if session.stuck:
+            if run.stuck:
                 raise StopTimeout(
                     f"stop() returned after the grace period ({self.grace} s) although "
-                    f"{len(session.stuck)} handler(s) ignored cancellation: "
-                    f"{'; '.join(session.stuck)}. Their claims were released; fix the handlers "
+                    f"{len(run.stuck)} handler(s) ignored cancellation: "
+                    f"{'; '.join(run.stuck)}. Their claims were released; fix the handlers "
                     "so they let cancellation through",
-                    session.stuck,
+                    run.stuck,
                 )
             if self._error is not None:
                 raise self._error
@@ -723,12 +465,6 @@ class Runner:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        """Return the runner's verifying SSL context, made once (each run reuses it)."""
-        if self._ssl is None:
-            self._ssl = httpx.create_ssl_context()
-        return self._ssl
-
     def _require_actor(self) -> Actor:
         if self._actor is None:
             raise RunnerNotRunning(
@@ -737,32 +473,30 @@ class Runner:
             )
         return self._actor
 
-    def _session_now(self) -> _RunSession:
-        assert self._session is not None, "an activity ran outside a run"
-        return self._session
+    def _delegate(self, name: str) -> ActivityFn:
+        """Return the activity ``name`` of whichever run is current when it starts."""
+
+        async def activity(ctx: ActivityContext) -> str | Outcome | None:
+            run = self._run
+            assert run is not None, "an activity ran outside a run"
+            return await run.activities()[name](ctx)
+
+        activity.__name__ = name
+        return activity
 
     def _inspect(self, record: TransitionRecord) -> None:
-        session = self._session
+        """Observe one processed event: logs, diagnostics, why a run stopped, wait_state()."""
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
-            if session is not None and record.event is not None:
-                if record.target[-1] == "streaming":
-                    session.heartbeat.nudge()
-                elif record.target[-1] == "reconnecting":
-                    session.stream_lost(record.event, record.error)
-        elif (
-            record.kind == "ignored"
-            and record.event == "stream_reset"
-            and record.source[-1] == "reconnecting"
-            and session is not None
-            and not session.waiting_for_server
-        ):
-            # The heartbeats lost the server while the runner was already waiting to
-            # reconnect after an answer (an HTTP error): a beat that gets through may now cut
-            # the wait, since the server has been away.
-            logger.debug("%s: %s", self.runner_id, describe(record))
-            session.stream_lost("stream_reset", None)
+            if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
+                # The refusal that ends this run travelled with the event: keep it to raise,
+                # and end the caller's block (what the chart does next is the chart's affair).
+                self._error = record.error
+                self.diagnostics.record_error(str(record.error))
+                logger.error("%s: stopping: %s", self.runner_id, record.error)
+                if self._body is not None:
+                    self._body.cancel(reason=f"the runner stopped: {record.error}")
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:
@@ -773,110 +507,9 @@ class Runner:
         if self._inspect_hook is not None:
             self._inspect_hook(record)
 
-    def _fail(self, error: RuntimeFailure) -> None:
-        """Remember why this run must stop by itself (the chart's ``rejected``)."""
-        if self._error is None:
-            self._error = error
-            self.diagnostics.record_error(str(error))
-            logger.error("%s: stopping: %s", self.runner_id, error)
-
     def _rejected_by_pipeline(self, error: Rejected) -> None:
-        self._fail(error)
         if self._actor is not None:
-            self._actor.send_nowait("rejected")
-
-    # -- activities ------------------------------------------------------------------------
-
-    async def _heartbeat(self, ctx: ActivityContext) -> str | None:
-        return await self._session_now().heartbeat.run(ctx)
-
-    async def _connect(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        await session.slot.discard()
-        self.diagnostics.server = session.client.base_url
-        try:
-            cursor = await session.ensure_ready()
-            assert session.wake_stream is not None
-            connection = await session.client.open_wake_stream(session.wake_stream, cursor.read)
-        except Rejected as exc:
-            self._fail(exc)
-            return "rejected"
-        except (RunnerError, Conflict) as exc:
-            # A configuration the server will never accept as is: stop with a clear error.
-            self._fail(exc)
-            return "rejected"
-        except (RequestFailed, OSError) as exc:
-            self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
-            raise
-        session.slot.put(connection)
-        return None
-
-    async def _read_stream(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        connection = session.slot.take()
-        if connection is None:
-            self.diagnostics.record_error("read_stream: no open wake stream to read")
-            return None
-        cursor = session.cursor
-        assert cursor is not None
-        allowed = self.subscription_ids
-        diagnostics = self.diagnostics
-        diagnostics.stream_up()
-        try:
-            async for event in connection.events():
-                diagnostics.events_received += 1
-                if isinstance(event, DataEvent):
-                    for message in event.messages:
-                        wake = Wake.parse(message)
-                        if wake is None:
-                            continue
-                        diagnostics.wakes_received += 1
-                        if allowed is not None and wake.subscription_id not in allowed:
-                            continue
-                        session.pipeline.submit(wake, cursor.ticket())
-                elif isinstance(event, ControlEvent):
-                    cursor.checkpoint(event.next_offset)
-                    # The server speaks the protocol: the next loss starts a fresh backoff.
-                    session.connect_failures = 0
-            diagnostics.record_error("wake stream ended (EOF); reconnecting")
-            return None
-        except RequestFailed as exc:
-            diagnostics.record_error(f"wake stream: {describe_failure(exc)}")
-            raise
-        finally:
-            diagnostics.stream_down()
-            await connection.aclose()
-
-    async def _backoff(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        await session.slot.discard()
-        delay = self.settings.backoff.delay(session.connect_failures, self._rng)
-        session.connect_failures += 1
-        self._reconnects += 1
-        self.diagnostics.reconnect_count += 1
-        if len(self.urls) > 1:
-            session.client.rotate()
-        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay)
-        await self.clock.sleep(delay)
-        return None
-
-    async def _drain(self, ctx: ActivityContext) -> str | None:
-        session = self._session_now()
-        bound = self.settings.stop_bound
-        try:
-            await session.slot.discard()
-            session.stuck = await session.pipeline.close(grace=self.grace, bound=bound)
-            with anyio.move_on_after(bound):
-                try:
-                    await session.persist_offset()
-                except OSError as exc:
-                    logger.error("%s: could not save the wake offset: %s", self.runner_id, exc)
-                sent = await session.heartbeat.final()
-                if sent:
-                    logger.info("%s: final heartbeat sent (status stopped)", self.runner_id)
-        finally:
-            await session.close()
-        return None
+            self._actor.send_nowait("rejected", error=error)
 
     def __repr__(self) -> str:
         return f"<Runner {self.runner_id!r} {self.state} {list(self.urls)}>"

@@ -13,18 +13,15 @@ from pathlib import Path
 import pytest
 
 from pullwake.cli import main
+from pullwake.diagrams import REGENERATE, load_spec, svg, write_docs
 from pullwake.machines import LIFECYCLE, Activity, ChartSpec, DiagramError, UnknownStateError
 from pullwake.machines.diagram import (
     COMPOUND_ACTIVE_FILL,
     DOC_BLOCKS,
-    REGENERATE,
     doc_blocks,
     dot,
-    load_spec,
     mermaid,
-    svg,
     update_doc,
-    write_docs,
 )
 
 from .charts import KETTLE
@@ -47,7 +44,7 @@ def chart_edges(spec: ChartSpec) -> set[tuple[str, str, str]]:
 
 def run_in_subprocess(*args: str) -> bytes:
     completed = subprocess.run(
-        [sys.executable, "-m", "pullwake.machines.diagram", *args],
+        [sys.executable, "-m", "pullwake.diagrams", *args],
         capture_output=True,
         check=True,
         timeout=30,
@@ -69,10 +66,11 @@ def test_mermaid_draws_every_transition_with_its_event_id() -> None:
 def test_mermaid_lists_the_activity_table() -> None:
     text = mermaid(LIFECYCLE)
     assert 'state "running (do / heartbeat)" as running {' in text
+    assert 'state "reconnecting (do / backoff)" as reconnecting {' in text
     for state, activity in [
         ("connecting", "connect"),
         ("streaming", "read_stream"),
-        ("reconnecting", "backoff"),
+        ("server_gone", "probe"),
         ("stopping", "drain"),
     ]:
         # Declared first, so Mermaid shows the name above the activity, not instead of it.

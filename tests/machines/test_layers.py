@@ -2,6 +2,12 @@
 
 Every module of the three layers is parsed (not imported) and each of its imports, including
 those inside functions and ``if TYPE_CHECKING:`` blocks, is resolved to an absolute name.
+
+``machines/`` also promises that nothing in it does I/O: it imports no process, file-system or
+operating-system module (``subprocess``, ``os``, ``pathlib``, ``shutil``, ``tempfile``, nor
+python-statemachine's Graphviz runner), and calls no ``open()`` and no ``read_*``/``write_*``
+file method. What this cannot see: I/O done by a third-party library it calls (pydot is used
+only as a graph model here; :mod:`pullwake.diagrams` does the rendering that runs Graphviz).
 """
 
 from __future__ import annotations
@@ -36,6 +42,13 @@ FORBIDDEN = {
         "trio",
         "pullwake.runtime",
         "pullwake.server",
+        # Nothing here does I/O: no processes, no files, no operating system.
+        "subprocess",
+        "os",
+        "pathlib",
+        "shutil",
+        "tempfile",
+        "statemachine.contrib.diagram.graphviz",
     ),
     # Library code is anyio-only, so it runs on asyncio and trio alike.
     "runtime": ("asyncio", "pullwake.server"),
@@ -101,6 +114,37 @@ def test_layer_imports_point_one_way(layer: str) -> None:
     )
 
 
+#: File methods (``Path.write_text`` and friends) that machines/ must not call.
+FILE_METHODS = frozenset({"read_text", "read_bytes", "write_text", "write_bytes", "open"})
+
+
+def io_calls(source: str) -> list[str]:
+    """Return the ``open()`` calls and file-method calls in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "open":
+            found.append(f"line {node.lineno}: open()")
+        elif isinstance(func, ast.Attribute) and func.attr in FILE_METHODS:
+            found.append(f"line {node.lineno}: .{func.attr}()")
+    return found
+
+
+def test_machines_calls_no_file_io() -> None:
+    found = {
+        str(path.relative_to(ROOT)): io_calls(path.read_text(encoding="utf-8"))
+        for path in layer_modules("machines")
+    }
+    assert {path: calls for path, calls in found.items() if calls} == {}
+
+
+def test_the_io_walker_catches_open_and_file_methods() -> None:
+    source = "open('x')\nPath('y').write_text('z')\nf = p.read_bytes()\nprint('ok')\n"
+    assert io_calls(source) == ["line 1: open()", "line 2: .write_text()", "line 3: .read_bytes()"]
+
+
 @pytest.mark.parametrize(
     ("layer", "source", "module", "expected"),
     [
@@ -110,6 +154,14 @@ def test_layer_imports_point_one_way(layer: str) -> None:
         ("machines", "from ..runtime import actor", "pullwake.machines.x", ["pullwake.runtime"]),
         ("machines", "from pullwake import server", "pullwake.machines.x", ["pullwake.server"]),
         ("machines", "import psycopg.rows", "pullwake.machines.x", ["psycopg.rows"]),
+        ("machines", "import subprocess", "pullwake.machines.diagram", ["subprocess"]),
+        ("machines", "from pathlib import Path", "pullwake.machines.diagram", ["pathlib"]),
+        (
+            "machines",
+            "from statemachine.contrib.diagram.graphviz import run_graphviz",
+            "pullwake.machines.diagram",
+            ["statemachine.contrib.diagram.graphviz"],
+        ),
         ("runtime", "import asyncio", "pullwake.runtime.actor", ["asyncio"]),
         ("runtime", "from ..server.app import x", "pullwake.runtime.y", ["pullwake.server.app"]),
         ("server", "from asyncio import sleep", "pullwake.server.sse", ["asyncio"]),

@@ -27,10 +27,20 @@ TO_STOPPING_FROM_CONNECTING = Outcome(
 TO_STOPPING_FROM_STREAMING = Outcome(
     "stopping", cancelled=("read_stream", "heartbeat"), started=("drain",)
 )
-TO_STOPPING_FROM_RECONNECTING = Outcome(
+TO_STOPPING_AFTER_ANSWER = Outcome(
     "stopping", cancelled=("backoff", "heartbeat"), started=("drain",)
 )
-CONNECT_AGAIN = Outcome("connecting", cancelled=("backoff",), started=("connect",))
+TO_STOPPING_SERVER_GONE = Outcome(
+    "stopping", cancelled=("probe", "backoff", "heartbeat"), started=("drain",)
+)
+# Waiting after an answer: the backoff alone.
+WAIT_AFTER_CONNECT = Outcome("after_answer", cancelled=("connect",), started=("backoff",))
+WAIT_AFTER_STREAM = Outcome("after_answer", cancelled=("read_stream",), started=("backoff",))
+# The server gave no answer: the backoff and the probe that may cut it short.
+GONE_FROM_CONNECTING = Outcome("server_gone", cancelled=("connect",), started=("backoff", "probe"))
+GONE_FROM_STREAMING = Outcome(
+    "server_gone", cancelled=("read_stream",), started=("backoff", "probe")
+)
 
 EXPECTED: Expected = {
     # stopped: only start does anything; it enters running and its initial child.
@@ -40,11 +50,13 @@ EXPECTED: Expected = {
     ("stopped", "drained"): IGNORED,
     ("stopped", "connected"): IGNORED,
     ("stopped", "connect_failed"): IGNORED,
+    ("stopped", "server_lost"): IGNORED,
     ("stopped", "stream_reset"): IGNORED,
     ("stopped", "stream_ended"): IGNORED,
     ("stopped", "backoff_elapsed"): IGNORED,
     ("stopped", "server_reachable"): IGNORED,
-    # connecting: the connect's outcomes and a reset from the heartbeat move on.
+    # connecting: the connect's outcomes and a reset from the heartbeat move on; why it failed
+    # picks the child of reconnecting.
     ("connecting", "start"): IGNORED,
     ("connecting", "stop"): TO_STOPPING_FROM_CONNECTING,
     ("connecting", "rejected"): TO_STOPPING_FROM_CONNECTING,
@@ -52,41 +64,56 @@ EXPECTED: Expected = {
     ("connecting", "connected"): Outcome(
         "streaming", cancelled=("connect",), started=("read_stream",)
     ),
-    ("connecting", "connect_failed"): Outcome(
-        "reconnecting", cancelled=("connect",), started=("backoff",)
-    ),
-    ("connecting", "stream_reset"): Outcome(
-        "reconnecting", cancelled=("connect",), started=("backoff",)
-    ),
+    ("connecting", "connect_failed"): WAIT_AFTER_CONNECT,
+    ("connecting", "server_lost"): GONE_FROM_CONNECTING,
+    ("connecting", "stream_reset"): GONE_FROM_CONNECTING,
     ("connecting", "stream_ended"): IGNORED,
     ("connecting", "backoff_elapsed"): IGNORED,
     ("connecting", "server_reachable"): IGNORED,
-    # streaming: the stream ends or is reset; the heartbeat keeps running throughout.
+    # streaming: the stream ends (an answer) or is lost (no answer, or the heartbeats failed);
+    # the heartbeat keeps running throughout.
     ("streaming", "start"): IGNORED,
     ("streaming", "stop"): TO_STOPPING_FROM_STREAMING,
     ("streaming", "rejected"): TO_STOPPING_FROM_STREAMING,
     ("streaming", "drained"): IGNORED,
     ("streaming", "connected"): IGNORED,
     ("streaming", "connect_failed"): IGNORED,
-    ("streaming", "stream_reset"): Outcome(
-        "reconnecting", cancelled=("read_stream",), started=("backoff",)
-    ),
-    ("streaming", "stream_ended"): Outcome(
-        "reconnecting", cancelled=("read_stream",), started=("backoff",)
-    ),
+    ("streaming", "server_lost"): GONE_FROM_STREAMING,
+    ("streaming", "stream_reset"): GONE_FROM_STREAMING,
+    ("streaming", "stream_ended"): WAIT_AFTER_STREAM,
     ("streaming", "backoff_elapsed"): IGNORED,
     ("streaming", "server_reachable"): IGNORED,
-    # reconnecting: the backoff elapses, or a heartbeat that got through cuts it short.
-    ("reconnecting", "start"): IGNORED,
-    ("reconnecting", "stop"): TO_STOPPING_FROM_RECONNECTING,
-    ("reconnecting", "rejected"): TO_STOPPING_FROM_RECONNECTING,
-    ("reconnecting", "drained"): IGNORED,
-    ("reconnecting", "connected"): IGNORED,
-    ("reconnecting", "connect_failed"): IGNORED,
-    ("reconnecting", "stream_reset"): IGNORED,
-    ("reconnecting", "stream_ended"): IGNORED,
-    ("reconnecting", "backoff_elapsed"): CONNECT_AGAIN,
-    ("reconnecting", "server_reachable"): CONNECT_AGAIN,
+    # after_answer: only the backoff ends the wait; failing heartbeats start the probe while the
+    # backoff goes on (nothing of reconnecting is left).
+    ("after_answer", "start"): IGNORED,
+    ("after_answer", "stop"): TO_STOPPING_AFTER_ANSWER,
+    ("after_answer", "rejected"): TO_STOPPING_AFTER_ANSWER,
+    ("after_answer", "drained"): IGNORED,
+    ("after_answer", "connected"): IGNORED,
+    ("after_answer", "connect_failed"): IGNORED,
+    ("after_answer", "server_lost"): IGNORED,
+    ("after_answer", "stream_reset"): Outcome("server_gone", started=("probe",)),
+    ("after_answer", "stream_ended"): IGNORED,
+    ("after_answer", "backoff_elapsed"): Outcome(
+        "connecting", cancelled=("backoff",), started=("connect",)
+    ),
+    ("after_answer", "server_reachable"): IGNORED,
+    # server_gone: the backoff elapses, or the probe got through and cuts it short.
+    ("server_gone", "start"): IGNORED,
+    ("server_gone", "stop"): TO_STOPPING_SERVER_GONE,
+    ("server_gone", "rejected"): TO_STOPPING_SERVER_GONE,
+    ("server_gone", "drained"): IGNORED,
+    ("server_gone", "connected"): IGNORED,
+    ("server_gone", "connect_failed"): IGNORED,
+    ("server_gone", "server_lost"): IGNORED,
+    ("server_gone", "stream_reset"): IGNORED,
+    ("server_gone", "stream_ended"): IGNORED,
+    ("server_gone", "backoff_elapsed"): Outcome(
+        "connecting", cancelled=("probe", "backoff"), started=("connect",)
+    ),
+    ("server_gone", "server_reachable"): Outcome(
+        "connecting", cancelled=("probe", "backoff"), started=("connect",)
+    ),
     # stopping: only the drain's end does anything.
     ("stopping", "start"): IGNORED,
     ("stopping", "stop"): IGNORED,
@@ -94,6 +121,7 @@ EXPECTED: Expected = {
     ("stopping", "drained"): Outcome("stopped", cancelled=("drain",)),
     ("stopping", "connected"): IGNORED,
     ("stopping", "connect_failed"): IGNORED,
+    ("stopping", "server_lost"): IGNORED,
     ("stopping", "stream_reset"): IGNORED,
     ("stopping", "stream_ended"): IGNORED,
     ("stopping", "backoff_elapsed"): IGNORED,
@@ -101,27 +129,29 @@ EXPECTED: Expected = {
 }
 
 
-def test_the_lifecycle_has_five_configurations_and_ten_events() -> None:
-    assert [c[-1] for c in LIFECYCLE.configurations()] == [
-        "stopped",
-        "connecting",
-        "streaming",
-        "reconnecting",
-        "stopping",
-    ]
+def test_the_lifecycle_has_six_configurations_and_eleven_events() -> None:
+    assert LIFECYCLE.configurations() == (
+        ("stopped",),
+        ("running", "connecting"),
+        ("running", "streaming"),
+        ("running", "reconnecting", "after_answer"),
+        ("running", "reconnecting", "server_gone"),
+        ("stopping",),
+    )
     assert LIFECYCLE.events() == (
         "backoff_elapsed",
         "connect_failed",
         "connected",
         "drained",
         "rejected",
+        "server_lost",
         "server_reachable",
         "start",
         "stop",
         "stream_ended",
         "stream_reset",
     )
-    assert len(EXPECTED) == 50
+    assert len(EXPECTED) == 66
 
 
 def test_every_pair_of_the_lifecycle_is_pinned() -> None:
@@ -153,6 +183,14 @@ class LifecycleMachine(
         connection = sum(self.open_activities[a] for a in ("connect", "read_stream", "backoff"))
         running = "running" in self.machine.configuration_values
         assert connection == (1 if running else 0)
+
+    @invariant()
+    def the_probe_runs_exactly_while_the_server_is_gone(self) -> None:
+        gone = "server_gone" in self.machine.configuration_values
+        assert self.open_activities["probe"] == (1 if gone else 0)
+        if gone:
+            # The probe only ever shortens a backoff under way, never replaces it.
+            assert self.open_activities["backoff"] == 1
 
 
 TestLifecycleRandomEvents = LifecycleMachine.TestCase

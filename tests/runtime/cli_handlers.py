@@ -7,7 +7,7 @@ import os
 
 import anyio
 
-from pullwake.runtime.claims import Claim
+from pullwake.runtime import Claim
 
 
 async def record(claim: Claim) -> None:

@@ -16,12 +16,12 @@ from typing import Any
 
 import httpx
 
-from pullwake.runtime import SubscriptionSpec
+from pullwake.runtime import RunnerSettings, SubscriptionSpec
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim, ClaimSettings
+from pullwake.runtime.claims import ClaimSettings
 from pullwake.runtime.client import Timeouts
-from pullwake.runtime.runner import RunnerSettings
+from pullwake.runtime.work import Claim
 from pullwake.testing import subscription_body
 
 from .waiting import wait_until

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pullwake.machines import LIFECYCLE, UnknownEventError
-from pullwake.runtime.actor import ActivityContext, Actor, TransitionRecord
+from pullwake.runtime.actor import ActivityContext, Actor, Outcome, TransitionRecord
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.errors import ActorError
 
@@ -94,9 +94,9 @@ async def test_stream_reset_aborts_a_hung_connect_within_one_event() -> None:
         assert "connect" not in fakes.alive
         assert record.cancelled == ("connect",)
         assert record.reason == "left connecting on stream_reset"
-        assert actor.configuration == ("running", "reconnecting")
+        assert actor.configuration == ("running", "reconnecting", "server_gone")
         await settle()
-        assert fakes.alive == {"heartbeat", "backoff"}
+        assert fakes.alive == {"heartbeat", "backoff", "probe"}
 
 
 async def test_activity_outcome_becomes_its_declared_event() -> None:
@@ -110,7 +110,40 @@ async def test_activity_outcome_becomes_its_declared_event() -> None:
         assert fakes.alive == {"heartbeat", "read_stream"}
         fakes.release("read_stream", "stream_reset")  # an activity may name its own outcome
         await actor.wait_state("reconnecting")
-        assert actor.configuration == ("running", "reconnecting")
+        assert actor.configuration == ("running", "reconnecting", "server_gone")
+
+
+async def test_an_outcome_carries_its_error_into_the_record() -> None:
+    records: list[TransitionRecord] = []
+    refusal = PermissionError("401: bad token")
+
+    async def connect(ctx: ActivityContext) -> Outcome:
+        return Outcome("rejected", refusal)
+
+    fakes = FakeActivities()
+    table = fakes.table() | {"connect": connect}
+    async with Actor(LIFECYCLE, table, inspect=records.append) as actor:
+        await actor.send("start")
+        await actor.wait_state("stopping")
+        rejected = records[-1]
+        assert (rejected.kind, rejected.event, rejected.origin, rejected.target) == (
+            "transition",
+            "rejected",
+            "connect",
+            ("stopping",),
+        )
+        assert rejected.error is refusal
+
+
+async def test_an_external_event_carries_its_error_into_the_record() -> None:
+    records: list[TransitionRecord] = []
+    refusal = PermissionError("403")
+    fakes = FakeActivities()
+    async with Actor(LIFECYCLE, fakes.table(), inspect=records.append) as actor:
+        await actor.send("start")
+        actor.send_nowait("rejected", error=refusal)
+        await actor.wait_state("stopping")
+        assert (records[-1].event, records[-1].error) == ("rejected", refusal)
 
 
 async def test_failing_activity_sends_its_error_event_and_the_actor_lives() -> None:
@@ -124,7 +157,7 @@ async def test_failing_activity_sends_its_error_event_and_the_actor_lives() -> N
     table = fakes.table() | {"connect": connect}
     async with Actor(LIFECYCLE, table, inspect=records.append) as actor:
         await actor.send("start")
-        await actor.wait_state("reconnecting")
+        await actor.wait_state("after_answer")
         failure = records[-1]
         assert (failure.kind, failure.event, failure.origin) == (
             "transition",
@@ -132,7 +165,7 @@ async def test_failing_activity_sends_its_error_event_and_the_actor_lives() -> N
             "connect",
         )
         assert failure.error is boom
-        assert actor.configuration == ("running", "reconnecting")
+        assert actor.configuration == ("running", "reconnecting", "after_answer")
 
 
 async def test_failure_without_error_event_is_recorded_not_fatal() -> None:
@@ -173,7 +206,7 @@ async def test_late_result_of_a_cancelled_activity_is_dropped() -> None:
         dropped = records[-1]
         assert dropped.kind == "dropped"
         assert (dropped.event, dropped.origin) == ("connected", "connect")
-        assert actor.configuration == ("running", "reconnecting")
+        assert actor.configuration == ("running", "reconnecting", "server_gone")
         assert actor.statistics().dropped == 1
 
 
@@ -213,7 +246,7 @@ async def test_activity_ignoring_cancellation_is_recorded_as_leaked() -> None:
         record = await actor.send("stream_reset")
         assert record.leaked == ("connect",)
         assert actor.statistics().leaked == 1
-        assert actor.configuration == ("running", "reconnecting")
+        assert actor.configuration == ("running", "reconnecting", "server_gone")
 
 
 async def test_ignored_and_unknown_events() -> None:
@@ -244,7 +277,7 @@ async def test_backoff_runs_on_the_injected_clock() -> None:
         await clock.wait_sleepers(1)
         clock.advance(29.9)
         await settle()
-        assert actor.state == "reconnecting"
+        assert actor.state == "after_answer"
         clock.advance(0.1)
         await actor.wait_state("connecting")
         assert clock.sleepers() == 0
@@ -257,6 +290,8 @@ async def test_backoff_runs_on_the_injected_clock() -> None:
         ("start",),
         ("start", "connected"),
         ("start", "connect_failed"),
+        ("start", "server_lost"),
+        ("start", "connect_failed", "stream_reset"),
         ("start", "connected", "stream_ended"),
         ("start", "stop"),
     ],

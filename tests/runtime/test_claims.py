@@ -17,11 +17,12 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim, ClaimPipeline, ClaimSettings, Wake
+from pullwake.runtime.claims import ClaimPipeline, ClaimSettings
 from pullwake.runtime.client import Client
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.errors import Rejected, ServerFailure
 from pullwake.runtime.offsets import Ticket
+from pullwake.runtime.work import Claim, Wake
 
 from .fakeserver import FakeServer
 from .waiting import wait_until

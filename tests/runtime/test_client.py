@@ -15,9 +15,9 @@ from pullwake.runtime.client import (
     DataEvent,
     Timeouts,
     describe_failure,
-    offset_after,
     raise_for_answer,
 )
+from pullwake.runtime.offsets import offset_after
 
 pytestmark = pytest.mark.anyio
 

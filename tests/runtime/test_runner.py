@@ -18,13 +18,12 @@ from typing import Any
 import anyio
 import pytest
 
+from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
-from pullwake.runtime.claims import Claim
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.errors import Rejected, RunnerError, RunnerNotRunning
 from pullwake.runtime.offsets import FileOffsetStore, MemoryOffsetStore, OffsetStore
-from pullwake.runtime.runner import Runner, RunnerSettings, SubscriptionSpec
 
 from .fakeserver import FakeServer
 from .waiting import wait_until
@@ -209,13 +208,13 @@ async def test_a_persistent_4xx_on_connect_backs_off_exponentially(anyio_backend
                 # heartbeat + backoff asleep: nothing else can happen until the clock moves
                 await clock.wait_sleepers(2)
                 await anyio.wait_all_tasks_blocked()
-                assert runner.state == "reconnecting"
+                assert runner.state == "after_answer"
                 assert fake.count("sse") == attempt
                 deadline = clock.next_deadline()
                 assert deadline is not None
                 delays.append(deadline - clock.now())
                 clock.advance(deadline - clock.now())
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("after_answer")
     # Never a zero-delay retry: each wait is within the jitter band of a doubling ceiling,
     # capped at 8 s (1, 2, 4, 8, 8).
     ceilings = [min(8.0, 2.0**n) for n in range(5)]
@@ -261,7 +260,7 @@ async def test_heartbeats_that_get_through_do_not_cut_the_backoff_after_an_http_
     assert len(while_refused) >= 20
     assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(while_refused))
     assert not any(r.event == "server_reachable" for r in records)
-    assert transitions(records).count(("reconnecting", "backoff_elapsed", "connecting")) == 6
+    assert transitions(records).count(("after_answer", "backoff_elapsed", "connecting")) == 6
 
 
 async def test_401_on_connect_stops_with_a_clear_error_and_no_retry(anyio_backend: str) -> None:
@@ -271,16 +270,13 @@ async def test_401_on_connect_stops_with_a_clear_error_and_no_retry(anyio_backen
     records: list[TransitionRecord] = []
     async with bounded():
         runner = make_runner(fake, Recorder(), clock, records)
-        async with runner:
-            with pytest.raises(Rejected):
-                await runner.wait_state("streaming")
-            assert runner.state == "stopped"
-            assert isinstance(runner.error, Rejected)
-            clock.advance(1000)
-            await anyio.wait_all_tasks_blocked()
-            assert runner.health()["error"]
-            with pytest.raises(Rejected, match="credentials") as caught:
-                await runner.stop()
+        # The refusal ends the run for good: the block is cancelled and its exit raises why.
+        with pytest.raises(Rejected, match="credentials") as caught:
+            async with runner:
+                await anyio.sleep_forever()
+        assert runner.state == "stopped"
+        assert isinstance(runner.error, Rejected)
+        assert runner.health()["error"]
     assert caught.value.status == 401
     assert fake.count("sse") == 1
     assert ("connecting", "rejected", "stopping") in transitions(records)
@@ -292,11 +288,9 @@ async def test_401_on_heartbeat_stops_the_runner(anyio_backend: str) -> None:
     clock = ManualClock()
     async with bounded():
         runner = make_runner(fake, Recorder(), clock)
-        async with runner:
-            await runner.wait_state("stopped")
-            with pytest.raises(Rejected) as caught:
-                await runner.stop()
-            # Raised once: leaving the block does not raise it again.
+        with pytest.raises(Rejected) as caught:
+            async with runner:
+                await anyio.sleep_forever()
     assert caught.value.status == 403
     assert isinstance(runner.error, Rejected)
 
@@ -335,7 +329,7 @@ async def test_heartbeat_failures_abort_a_hung_connect(anyio_backend: str) -> No
             await wait_for(lambda: fake.count("sse") == 1)
             fake.fail("heartbeat", 503, 503)
             await advance_until(clock, lambda: runner.health()["heartbeat_failures"] == 2)
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("server_gone")
             fake.hang("sse", False)
             # The backoff is cut short by the next successful heartbeat (server_reachable).
             await clock.wait_sleepers(2)
@@ -345,7 +339,7 @@ async def test_heartbeat_failures_abort_a_hung_connect(anyio_backend: str) -> No
     assert len(reset) == 1
     assert reset[0].source[-1] == "connecting"
     assert reset[0].cancelled == ("connect",)
-    assert ("reconnecting", "server_reachable", "connecting") in transitions(records)
+    assert ("server_gone", "server_reachable", "connecting") in transitions(records)
 
 
 async def test_a_heartbeat_that_times_out_says_how_long_it_waited(anyio_backend: str) -> None:
@@ -379,8 +373,8 @@ async def test_heartbeat_failures_reset_an_idle_stream_from_a_dead_server(
             fake.fail("heartbeat", 503)
             await clock.wait_sleepers(1)
             clock.advance(HEARTBEAT)
-            await runner.wait_state("reconnecting")
-    assert ("streaming", "stream_reset", "reconnecting") in transitions(records)
+            await runner.wait_state("server_gone")
+    assert ("streaming", "stream_reset", "server_gone") in transitions(records)
 
 
 # -- reconnects and offsets -------------------------------------------------------------------
@@ -399,7 +393,7 @@ async def test_a_clean_eof_reconnects_at_once_from_the_read_offset(anyio_backend
             await handler.wait_handled(1)
             read_offset = fake.tail("wake/r1")
             fake.end_sse()
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("after_answer")
             await clock.wait_sleepers(2)
             pause = (clock.next_deadline() or 0) - clock.now()
             # The first step after a good stream is the smallest one.
@@ -438,7 +432,7 @@ async def test_a_lost_server_that_returns_is_reconnected_within_a_probe_interval
             await runner.wait_state("streaming")
             await anyio.wait_all_tasks_blocked()
             fake.go_down()
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("server_gone")
             await anyio.wait_all_tasks_blocked()
             lost_at = clock.now()
             beats = fake.count("heartbeat")
@@ -448,7 +442,7 @@ async def test_a_lost_server_that_returns_is_reconnected_within_a_probe_interval
                 await step(clock)
                 probes += [clock.now()] * (fake.count("heartbeat") - beats)
                 beats = fake.count("heartbeat")
-            assert runner.state == "reconnecting"
+            assert runner.state == "server_gone"
             fake.come_back()
             back_at = clock.now()
             for _ in range(100):
@@ -464,8 +458,8 @@ async def test_a_lost_server_that_returns_is_reconnected_within_a_probe_interval
             assert fake.heartbeats[-1]["diagnostics"]["status"] == "streaming"
     assert reconnected_at - back_at <= probe + 1e-9
     assert reconnected_at < lost_at + 50
-    assert ("reconnecting", "server_reachable", "connecting") in transitions(records)
-    assert ("reconnecting", "backoff_elapsed", "connecting") not in transitions(records)
+    assert ("server_gone", "server_reachable", "connecting") in transitions(records)
+    assert ("server_gone", "backoff_elapsed", "connecting") not in transitions(records)
     # The probes while the server was gone: each pause between half a probe interval and a
     # whole one, and not all alike (a fleet does not probe in lockstep).
     gaps = [b - a for a, b in itertools.pairwise(probes)]
@@ -486,7 +480,7 @@ async def test_a_reconnect_is_reported_by_a_heartbeat_at_once(anyio_backend: str
                 lambda: any(b["diagnostics"].get("status") == "streaming" for b in fake.heartbeats)
             )
             fake.end_sse()
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("after_answer")
             beats = len(fake.heartbeats)
             await clock.wait_sleepers(2)
             clock.advance((clock.next_deadline() or 0) - clock.now())  # the backoff only
@@ -538,14 +532,14 @@ async def test_without_a_registry_it_probes_with_head_and_keeps_a_local_offset(
             await handler.wait_handled(1)
             fake.fail("probe", 503, 503)
             await advance_until(clock, lambda: runner.health()["heartbeat_failures"] == 2)
-            await runner.wait_state("reconnecting")
+            await runner.wait_state("server_gone")
             assert runner.health()["registry"] is False
         assert await store.load() == fake.tail("wake/r1")
         async with make_runner(fake, Recorder(), ManualClock(), offset_store=store) as runner:
             await runner.wait_state("streaming")
     assert fake.count("heartbeat") == 0
     assert fake.count("probe") >= 3
-    assert ("streaming", "stream_reset", "reconnecting") in transitions(records)
+    assert ("streaming", "stream_reset", "server_gone") in transitions(records)
     assert [r.url.params["offset"] for k, r in fake.calls if k == "sse"][-1] == fake.tail("wake/r1")
 
 
@@ -564,7 +558,7 @@ async def test_stop_and_start_inside_one_block_reuse_nothing_of_the_last_run(
             clients = []
             for cycle in range(10):
                 await runner.wait_state("streaming")
-                session = runner._session
+                session = runner._run
                 assert session is not None
                 clients.append(session.client)
                 fake.append("jobs/a", cycle)

@@ -15,10 +15,10 @@ import anyio.abc
 import httpx
 import pytest
 
+from pullwake.runtime import Runner
 from pullwake.runtime.client import Timeouts
 from pullwake.runtime.errors import ServerUnreachable
 from pullwake.runtime.offsets import MemoryOffsetStore
-from pullwake.runtime.runner import Runner
 from pullwake.testing import FaultProxy
 from tests.fixtures.servers import ServerFactory, ServerProcess
 
@@ -69,16 +69,17 @@ async def test_a_killed_server_is_noticed_at_once_and_nothing_is_lost(
             await producer.append("jobs/a", "before")
             await handler.wait_for(1)
             await anyio.to_thread.run_sync(server.kill)
-            await transitions.wait("streaming", "stream_ended")
-            (ended,) = transitions.find("streaming", "stream_ended")
-            assert isinstance(ended.error, ServerUnreachable)
+            await transitions.wait("streaming", "server_lost")
+            (lost,) = transitions.find("streaming", "server_lost")
+            assert isinstance(lost.error, ServerUnreachable)
+            assert lost.target == ("running", "reconnecting", "server_gone")
             await anyio.to_thread.run_sync(server.start)
             # Appended while the runner may still be backing off: its wake waits in the
             # (durable) wake stream and is read on reconnect.
             await producer.append("jobs/a", "after")
             await handler.wait_for(2)
     assert handler.messages() == ["before", "after"]
-    assert transitions.find("reconnecting", "backoff_elapsed")
+    assert transitions.find("server_gone", "backoff_elapsed")
 
 
 async def test_a_gracefully_stopped_server_ends_the_stream_cleanly(
@@ -119,10 +120,11 @@ async def test_a_silent_server_is_noticed_by_the_read_timeout(
             await handler.wait_for(1)
             # The stream stays open: no FIN, no RST, just nothing (a dead peer, a NAT drop).
             proxy.blackhole()
-            await transitions.wait("streaming", "stream_ended")
-            (ended,) = transitions.find("streaming", "stream_ended")
-            assert isinstance(ended.error, ServerUnreachable)
-            assert isinstance(ended.error.__cause__, httpx.ReadTimeout)
+            await transitions.wait("streaming", "server_lost")
+            (lost,) = transitions.find("streaming", "server_lost")
+            assert isinstance(lost.error, ServerUnreachable)
+            assert isinstance(lost.error.__cause__, httpx.ReadTimeout)
+            assert lost.target == ("running", "reconnecting", "server_gone")
             proxy.forward()
             await producer.append("jobs/a", "m2")
             await handler.wait_for(2)
@@ -146,6 +148,7 @@ async def test_a_frozen_server_is_noticed_by_failing_heartbeats(
             finally:
                 server.resume()
             assert not transitions.find("streaming", "stream_ended")
+            assert not transitions.find("streaming", "server_lost")
             await producer.append("jobs/a", "after thaw")
             await handler.wait_for(1)
             await wait_until(lambda: runner.state == "streaming")

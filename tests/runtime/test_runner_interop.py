@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pullwake.runtime import Runner, SubscriptionSpec
 from pullwake.runtime.offsets import FileOffsetStore
-from pullwake.runtime.runner import Runner, SubscriptionSpec
 from tests.fixtures.servers import ReferenceServer
 
 from .realserver import Collector, Producer, Transitions, fast_settings, wait_until
