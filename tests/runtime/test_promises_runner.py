@@ -7,22 +7,33 @@ when every task is blocked (never by real sleeps), so each heartbeat is one dete
   test's bound although the actor would wait a minute for a connect that ignored it, and
   nothing is recorded as leaked;
 - two *consecutive* failures reset the stream: fail, succeed, fail does not; fail, fail does.
+
+And, against a real server, a claim token that is well formed but not signed by the server is
+refused (401): only the signature check can catch it.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 from pullwake.runtime import Runner, RunnerSettings
 from pullwake.runtime.actor import TransitionRecord
 from pullwake.runtime.backoff import Backoff
+from pullwake.runtime.client import Client
 from pullwake.runtime.clock import ManualClock
+from pullwake.runtime.errors import Rejected
+from pullwake.server.store.tokens import TokenClaims, new_secret, sign_token
+from tests.fixtures.servers import ServerFactory
 
 from .fakeserver import FakeServer
+from .realserver import Producer
 
 pytestmark = pytest.mark.anyio
 
@@ -142,3 +153,40 @@ async def test_fail_succeed_fail_keeps_the_stream_and_fail_fail_resets_it(
     (reset,) = resets(records)
     assert reset.source[-1] == "streaming"
     assert reset.origin == "heartbeat"
+
+
+# -- failure mode 13 with a token that only its signature betrays --------------------------
+
+
+@pytest.mark.e2e
+async def test_a_claim_token_with_a_tampered_signature_is_refused_by_a_real_server(
+    server_factory: ServerFactory, anyio_backend: str
+) -> None:
+    server = server_factory(args=["--admin-token", "adm"])
+    with anyio.fail_after(BOUND):
+        async with Producer(server.url, "adm") as producer:
+            await producer.stream("wake/r1")
+            await producer.stream("jobs/a")
+            await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
+            await producer.append("jobs/a", "m1")
+        async with Client(server.url, token="adm") as client:
+            grant = await client.claim("s", "r1")
+            head, payload, signature = grant.token.split(".")
+            # Well formed (three parts, a readable payload of the right shape), so only the
+            # signature check can refuse them: the same claims signed with another key, and
+            # the genuine signature over an edited payload.
+            claims = [grant.subscription_id, grant.generation, grant.wake_id, "r1"]
+            edited = json.dumps([*claims[:1], grant.generation + 1, *claims[2:]])
+            encoded = base64.urlsafe_b64encode(edited.encode()).rstrip(b"=").decode()
+            tampered = [
+                sign_token(new_secret(), TokenClaims("s", grant.generation, grant.wake_id, "r1")),
+                f"{head}.{encoded}.{signature}",
+            ]
+            assert json.loads(base64.urlsafe_b64decode(payload + "==")) == claims
+            for token in tampered:
+                with pytest.raises(Rejected) as refused:
+                    await client.ack(attrs.evolve(grant, token=token), [], done=True)
+                assert refused.value.status == 401
+                assert "signature does not verify" in str(refused.value)
+            # The genuine token still holds the claim: the forgeries changed nothing.
+            await client.release(grant)
