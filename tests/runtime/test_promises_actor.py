@@ -252,3 +252,49 @@ def test_a_biased_random_walk_of_the_actor_visits_every_state(backend: str) -> N
     print(f"biased walk on {backend}: {len(reached)} of {len(every_pair)} pairs reached")
     visited = {state for state, _ in reached}
     assert visited == {c[-1] for c in LIFECYCLE.configurations()}
+
+
+@pytest.mark.anyio
+async def test_a_late_error_of_a_cancelled_run_is_dropped_where_it_would_be_a_transition() -> None:
+    async def careless_connect(ctx: ActivityContext) -> str | None:
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            # Reports a failure instead of letting its cancellation through.
+            raise OSError("connection torn down") from None
+        return None
+
+    records: list[TransitionRecord] = []
+    stubs = Stubs()
+    table = stubs.table() | {"connect": careless_connect}
+    with anyio.fail_after(BOUND):
+        async with Actor(LIFECYCLE, table, inspect=records.append) as actor:
+            await drive(actor, stubs, PATHS[("running", "connecting")])
+            # Queued together: the first connect's failure is posted while the reset is being
+            # processed, so it lands behind backoff_elapsed, in a new connecting, where
+            # connect_failed is a transition.
+            actor.send_nowait("stream_reset")
+            actor.send_nowait("backoff_elapsed")
+            while actor.statistics().events < 4:
+                await anyio.lowlevel.checkpoint()
+            late = records[-1]
+            assert (late.kind, late.event, late.origin) == ("dropped", "connect_failed", "connect")
+            assert isinstance(late.error, OSError)
+            assert actor.configuration == ("running", "connecting")
+
+
+@pytest.mark.anyio
+async def test_every_failure_without_an_error_event_is_counted() -> None:
+    async def broken_heartbeat(ctx: ActivityContext) -> str | None:
+        raise RuntimeError("bug in the heartbeat")
+
+    stubs = Stubs()
+    runs = 3
+    with anyio.fail_after(BOUND):
+        async with Actor(LIFECYCLE, stubs.table() | {"heartbeat": broken_heartbeat}) as actor:
+            for _ in range(runs):
+                await actor.send("start")
+                await settle()
+                await actor.send("stop")
+                await actor.send("drained")
+            assert actor.statistics().activity_failures == runs
