@@ -190,3 +190,26 @@ async def test_a_claim_token_with_a_tampered_signature_is_refused_by_a_real_serv
                 assert "signature does not verify" in str(refused.value)
             # The genuine token still holds the claim: the forgeries changed nothing.
             await client.release(grant)
+
+
+async def test_a_first_heartbeat_that_fails_once_resets_nothing(anyio_backend: str) -> None:
+    fake = new_fake()
+    fake.fail("heartbeat", 503)  # the very first beat of the run
+    clock = ManualClock()
+    records: list[TransitionRecord] = []
+    runner = make_runner(fake, clock, records)
+    with anyio.fail_after(BOUND):
+        async with runner:
+            await runner.wait_state("streaming")
+            await anyio.wait_all_tasks_blocked()
+            health = runner.health()
+            assert health["heartbeat_failures"] == 1
+            assert resets(records) == []
+            # The nudge on streaming beat again, with the lease the settings ask for.
+            assert fake.heartbeats
+            assert fake.heartbeats[-1]["lease_ms"] == runner.settings.heartbeat_lease_ms()
+            assert health["last_heartbeat_ok"] is True
+            fake.fail("heartbeat", 503)
+            await step(clock)
+            assert runner.health()["last_heartbeat_ok"] is False
+            assert runner.state == "streaming"
