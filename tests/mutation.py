@@ -54,7 +54,8 @@ TESTS_FOR = {
         "-k",
         # Not the registry-less test: it advances its manual clock with real sleeps and is
         # flaky under mutmut's slower trampolines (see docs/testing.md).
-        "(heartbeat or probe or reset or lost or reconnect) and not without_a_registry",
+        "(heartbeat or probe or reset or lost or reconnect or stop_says_so or registers_again"
+        " or saved_offset) and not without_a_registry",
     ],
     "server/store": [
         "tests/server/test_store_contract.py",
