@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench diagram clean postgres-tools
+.PHONY: demo test lint typecheck pytest bench diagram clean postgres-tools mutate
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,7 +56,17 @@ diagram: $(STAMP)
 	$(VENV)/bin/pullwake diagram --write-docs README.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .mutate
+
+# Mutation testing (docs/testing.md): mutmut breaks the targets one change at a time and runs
+# each target's fast tests; prints the score and every surviving mutant. Not part of `make test`.
+# A target is a path, or path:function,function (only those functions of the file).
+MUTATE_TARGETS ?= machines runtime/actor.py runtime/claims.py runtime/heartbeat.py \
+	server/store/logic.py:_maybe_wake,_mint_wake,_expire_lease,claim,_authorise,ack,_end_claim,release,expire_leases,lease_live,lease_lapsed
+
+mutate: $(STAMP)
+	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,mutate]'
+	$(PY) -m tests.mutation $(MUTATE_TARGETS)
 
 # Reliability (docs/reliability.md): real server and runner processes under faults.
 #   make faults                        the fault matrix at full scale; writes its table to the doc

@@ -63,6 +63,16 @@ def assert_owned(actor: Actor, fakes: FakeActivities) -> None:
     assert set(actor.owned_activities()) == expected
 
 
+#: Seconds any one wait of these tests may take: a regression fails with a message, never hangs.
+BOUND = 5.0
+
+
+async def reach(actor: Actor, state: str) -> None:
+    """Wait (bounded) until ``state`` is active."""
+    with anyio.fail_after(BOUND):
+        await actor.wait_state(state)
+
+
 async def settle() -> None:
     """Let freshly started activity tasks reach their first checkpoint."""
     for _ in range(5):
@@ -105,11 +115,11 @@ async def test_activity_outcome_becomes_its_declared_event() -> None:
         await actor.send("start")
         await settle()
         fakes.release("connect")  # returns None: the declared done event, "connected"
-        await actor.wait_state("streaming")
+        await reach(actor, "streaming")
         await settle()
         assert fakes.alive == {"heartbeat", "read_stream"}
         fakes.release("read_stream", "stream_reset")  # an activity may name its own outcome
-        await actor.wait_state("reconnecting")
+        await reach(actor, "reconnecting")
         assert actor.configuration == ("running", "reconnecting", "server_gone")
 
 
@@ -124,7 +134,7 @@ async def test_an_outcome_carries_its_error_into_the_record() -> None:
     table = fakes.table() | {"connect": connect}
     async with Actor(LIFECYCLE, table, inspect=records.append) as actor:
         await actor.send("start")
-        await actor.wait_state("stopping")
+        await reach(actor, "stopping")
         rejected = records[-1]
         assert (rejected.kind, rejected.event, rejected.origin, rejected.target) == (
             "transition",
@@ -142,7 +152,7 @@ async def test_an_external_event_carries_its_error_into_the_record() -> None:
     async with Actor(LIFECYCLE, fakes.table(), inspect=records.append) as actor:
         await actor.send("start")
         actor.send_nowait("rejected", error=refusal)
-        await actor.wait_state("stopping")
+        await reach(actor, "stopping")
         assert (records[-1].event, records[-1].error) == ("rejected", refusal)
 
 
@@ -157,7 +167,7 @@ async def test_failing_activity_sends_its_error_event_and_the_actor_lives() -> N
     table = fakes.table() | {"connect": connect}
     async with Actor(LIFECYCLE, table, inspect=records.append) as actor:
         await actor.send("start")
-        await actor.wait_state("after_answer")
+        await reach(actor, "after_answer")
         failure = records[-1]
         assert (failure.kind, failure.event, failure.origin) == (
             "transition",
@@ -200,9 +210,10 @@ async def test_late_result_of_a_cancelled_activity_is_dropped() -> None:
         # The reset is queued first; the connect's success lands right behind it.
         actor.send_nowait("stream_reset")
         connect.send("connected")
-        await actor.wait_state("reconnecting")
-        while actor.statistics().events < 3:
-            await anyio.lowlevel.checkpoint()
+        await reach(actor, "reconnecting")
+        with anyio.fail_after(BOUND):
+            while actor.statistics().events < 3:
+                await anyio.lowlevel.checkpoint()
         dropped = records[-1]
         assert dropped.kind == "dropped"
         assert (dropped.event, dropped.origin) == ("connected", "connect")
@@ -274,12 +285,13 @@ async def test_backoff_runs_on_the_injected_clock() -> None:
     async with Actor(LIFECYCLE, fakes.table() | {"backoff": backoff}, clock=clock) as actor:
         await actor.send("start")
         await actor.send("connect_failed")
-        await clock.wait_sleepers(1)
+        with anyio.fail_after(BOUND):
+            await clock.wait_sleepers(1)
         clock.advance(29.9)
         await settle()
         assert actor.state == "after_answer"
         clock.advance(0.1)
-        await actor.wait_state("connecting")
+        await reach(actor, "connecting")
         assert clock.sleepers() == 0
 
 
@@ -306,7 +318,7 @@ async def test_stop_from_any_configuration_reaches_stopped(path: tuple[str, ...]
         if actor.state == "stopping":
             await settle()
             fakes.release("drain")
-        await actor.wait_state("stopped")
+        await reach(actor, "stopped")
         await settle()
         assert fakes.alive == set()
         assert actor.open_activities() == ()
@@ -360,6 +372,6 @@ async def test_random_event_sequences_keep_scopes_owned(events: list[str]) -> No
         if actor.state == "stopping":
             await settle()
             fakes.release("drain")
-        await actor.wait_state("stopped")
+        await reach(actor, "stopped")
         await settle()
         assert fakes.alive == set()

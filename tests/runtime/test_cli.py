@@ -99,7 +99,12 @@ def finish(proc: subprocess.Popen[str], sig: int | None = None) -> tuple[int, st
     return proc.returncode, stderr
 
 
-@pytest.mark.parametrize(("sig", "backend"), [(signal.SIGTERM, "asyncio"), (signal.SIGINT, "trio")])
+#: ``pullwake run`` runs on either backend (``--backend``); each test of it runs on both.
+BACKENDS = pytest.mark.parametrize("backend", ["asyncio", "trio"])
+
+
+@BACKENDS
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_run_handles_wakes_and_stops_cleanly_on_a_signal(
     server: ServerProcess, http: httpx.Client, tmp_path: Path, sig: int, backend: str
 ) -> None:
@@ -120,10 +125,11 @@ def test_run_handles_wakes_and_stops_cleanly_on_a_signal(
     assert http.get("/v1/runners/r1/health").json()["status"] == "offline"
 
 
+@BACKENDS
 def test_run_exits_3_without_waiting_for_a_handler_that_ignores_cancellation(
-    server: ServerProcess, http: httpx.Client
+    server: ServerProcess, http: httpx.Client, backend: str
 ) -> None:
-    proc = pullwake(*run_args(server, "stubborn", "--grace", "0.2"))
+    proc = pullwake(*run_args(server, "stubborn", "--grace", "0.2", "--backend", backend))
     try:
         poll(lambda: streaming(http), "the runner to stream")
         http.post("/v1/stream/jobs/a", json=[1]).raise_for_status()
@@ -139,11 +145,13 @@ def test_run_exits_3_without_waiting_for_a_handler_that_ignores_cancellation(
     assert http.get("/v1/stream/__ds/subscriptions/s").json()["holder"] is None
 
 
+@BACKENDS
 def test_run_with_a_wrong_token_exits_1_with_a_clear_message(
-    server_factory: ServerFactory,
+    server_factory: ServerFactory, backend: str
 ) -> None:
     server = server_factory(args=["--admin-token", "adm", "--runner-token", "r1=right"])
-    status, stderr = finish(pullwake(*run_args(server, "record", "--token", "wrong")))
+    args = run_args(server, "record", "--token", "wrong", "--backend", backend)
+    status, stderr = finish(pullwake(*args))
     assert status == 1
     assert "refused this runner's credentials" in stderr
     # The last line speaks of the command's options, not of Runner()'s keywords.
@@ -178,11 +186,12 @@ def test_run_refuses_a_handler_it_cannot_import(handler: str, message: str) -> N
     assert message in stderr
 
 
+@BACKENDS
 def test_health_prints_the_servers_verdict(
-    server: ServerProcess, http: httpx.Client, tmp_path: Path
+    server: ServerProcess, http: httpx.Client, tmp_path: Path, backend: str
 ) -> None:
     env = {**os.environ, "PULLWAKE_TEST_OUT": str(tmp_path / "out.jsonl")}
-    proc = pullwake(*run_args(server, "record"), env=env)
+    proc = pullwake(*run_args(server, "record", "--backend", backend), env=env)
     try:
         poll(lambda: streaming(http), "the runner to stream")
         healthy = subprocess.run(
