@@ -42,7 +42,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from pullwake.server.content_types import Encoding
 from pullwake.server.cursors import next_cursor
-from pullwake.server.errors import Gone, NotFound
+from pullwake.server.errors import Gone, NotFound, StoreUnavailable
 from pullwake.server.shutdown import ShutdownSignal, Wakeup
 from pullwake.server.store.base import Message as StoredMessage
 from pullwake.server.store.base import Store
@@ -177,10 +177,19 @@ class EventStream:
 
     async def run(self, write: Write) -> None:
         """Write catch-up, then live data, keepalives, and a final control event on shutdown."""
+        # ``except*``: the failure may come from inside the keepalive task group, grouped.
         try:
             await self._run(write)
-        except (NotFound, Gone):  # deleted, expired, or soft-deleted (forks still read it)
+        except* (NotFound, Gone):  # deleted, expired, or soft-deleted (forks still read it)
             log.info("stream %r went away under an SSE reader; ending the response", self.path)
+        except* StoreUnavailable as group:
+            # The database went away mid-stream (a restart): end the body cleanly so the reader
+            # reconnects at once and is answered 503 until the store is back.
+            log.warning(
+                "the store failed under an SSE reader of %r (%s); ending the response",
+                self.path,
+                group.exceptions[0],
+            )
 
     async def _run(self, write: Write) -> None:
         first = True

@@ -48,7 +48,6 @@ from pullwake.server.store.base import (
     START_OFFSET,
     AppendResult,
     Message,
-    Producer,
     ReadResult,
     StreamMeta,
 )
@@ -178,7 +177,7 @@ async def append(request: Request) -> Response:
         result = await ctx.store.append(
             path, [], ctx.clock(), writer_seq=writer_seq, producer=producer, close=True
         )
-        return _append_answer(result, producer)
+        return _append_answer(result, appended=False)
     header = request.headers.get("content-type")
     if header is None:
         raise BadRequest(
@@ -212,12 +211,13 @@ async def append(request: Request) -> Response:
     if not result.duplicate:
         ctx.metrics.messages_appended.inc(len(items))
         ctx.metrics.wakes.inc(len(result.wakes))
-    return _append_answer(result, producer)
+    return _append_answer(result, appended=producer is not None)
 
 
-def _append_answer(result: AppendResult, producer: Producer | None) -> Response:
-    """Answer an append: 204, or 200 for a producer's first success (its retries are 204, as
-    the spec distinguishes them), with the tail, the producer's state and any closure."""
+def _append_answer(result: AppendResult, *, appended: bool) -> Response:
+    """Answer an append: 204, or 200 when a producer's messages were appended (its retries,
+    and a close-only request, are 204, as the spec distinguishes them), with the tail, the
+    producer's state and any closure."""
     headers = {"stream-next-offset": result.next_offset}
     if result.producer is not None:
         headers.update(protocol_headers.producer_headers(result.producer))
@@ -225,7 +225,7 @@ def _append_answer(result: AppendResult, producer: Producer | None) -> Response:
         headers["stream-closed"] = "true"
     if result.duplicate:
         return Response(status_code=204, headers=headers)
-    return Response(status_code=200 if producer else 204, headers=headers)
+    return Response(status_code=200 if appended else 204, headers=headers)
 
 
 async def head(request: Request) -> Response:

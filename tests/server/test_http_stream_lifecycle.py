@@ -183,9 +183,9 @@ async def test_readers_see_eof_only_at_the_end_of_a_closed_stream(opened_store: 
         assert poll.headers["stream-up-to-date"] == "true"
         assert "stream-cursor" not in poll.headers
         controls = [
-            json.loads(line[len("data: ") :])
+            json.loads(line[len("data:") :])
             for line in sse.text.splitlines()
-            if line.startswith("data: {")
+            if line.startswith("data:{")
         ]
         assert controls == [{"streamNextOffset": tail, "upToDate": True, "streamClosed": True}]
 
