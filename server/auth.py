@@ -146,6 +146,20 @@ class Authenticator:
         return matched
 
 
+def subscription_not_visible(principal: Principal, sub_id: str) -> Forbidden:
+    """The one answer a runner token gets for a subscription it may not use.
+
+    The same for a subscription that does not exist and for one that wakes another runner,
+    and it names nothing of the subscription's configuration: a runner token cannot tell
+    which ids exist, so it cannot enumerate them.
+    """
+    return Forbidden(
+        f"Runner {principal.runner_id!r} may use only subscriptions that wake its own wake "
+        f"stream; {sub_id[:200]!r} is not one of them (or does not exist). Register the runner "
+        "with the subscription's wake stream, or use the admin token."
+    )
+
+
 class Policy:
     """Decide what a principal may do; the checks that need data ask the store."""
 
@@ -194,11 +208,7 @@ class Policy:
             return
         own = await self._own_wake_stream(principal)
         if own is None or sub.config.wake_stream != own:
-            raise Forbidden(
-                f"Subscription {sub.id!r} wakes {sub.config.wake_stream!r}, not the wake stream "
-                f"of runner {principal.runner_id!r}; register the runner with that wake stream "
-                "or use the admin token."
-            )
+            raise subscription_not_visible(principal, sub.id)
 
     @staticmethod
     def require_wake_stream_binding(

@@ -19,18 +19,18 @@ Deliberate choices where the spec leaves room (also in docs/server.md):
 from __future__ import annotations
 
 import base64
-import json
 import re
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pullwake.server import paths
+from pullwake.server import jsontext, paths
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
+from pullwake.server.digits import parse_decimal
 from pullwake.server.errors import BadRequest, Conflict, NotImplementedYet, content_type_mismatch
 from pullwake.server.shutdown import Wakeup
 from pullwake.server.sse import EventStream, SSEResponse, encoding_for
@@ -87,9 +87,7 @@ def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
         raise BadRequest(
             "An empty JSON array appends nothing; send at least one value.", code="EMPTY_ARRAY"
         )
-    return [
-        json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8") for v in values
-    ]
+    return [jsontext.encode(v) for v in values]
 
 
 def body_for(messages: tuple[Message, ...], content_type: str) -> bytes:
@@ -239,6 +237,8 @@ async def read(request: Request) -> Response | SSEResponse:
     offset = _single_query(request, "offset")
     live = _single_query(request, "live")
     cursor = _single_query(request, "cursor")
+    if cursor:
+        parse_decimal(cursor, what="cursor")
     if live not in (None, "long-poll", "sse"):
         raise BadRequest(f"live={live[:40]!r} is not a read mode; use long-poll or sse.")
     if offset is not None:

@@ -47,7 +47,7 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 
-from pullwake.server.errors import Conflict, StoreError, StoreUnavailable
+from pullwake.server.errors import BadRequest, Conflict, StoreError, StoreUnavailable
 from pullwake.server.store import rules
 from pullwake.server.store.changes import ChangeBoard
 from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
@@ -97,6 +97,14 @@ def map_store_errors() -> Iterator[None]:
             f"PostgreSQL refused a write that conflicts with existing data "
             f"({type(exc).__name__}); retry, or re-read the resource",
             code="CONFLICT",
+        ) from None
+    except psycopg.DataError as exc:
+        # Bad input, not an outage (a value PostgreSQL cannot hold, such as a NUL in text):
+        # the request is at fault, and retrying it would fail the same way.
+        raise BadRequest(
+            f"PostgreSQL cannot store a value of this request ({type(exc).__name__}: "
+            f"{str(exc).strip()[:200]}); remove NUL characters and invalid text, then retry",
+            code="INVALID_DATA",
         ) from None
     except psycopg.Error as exc:
         raise StoreUnavailable(
