@@ -13,7 +13,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from pullwake.server import jsontext
 from pullwake.server.digits import is_ascii_digits
-from pullwake.server.errors import BadRequest, PayloadTooLarge
+from pullwake.server.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from pullwake.server.limits import BODY_LATE
 
 _MISSING: Any = object()
 
@@ -50,6 +51,11 @@ async def read_body(request: Request, limit: int) -> bytes:
                 if size <= limit:
                     chunks.append(chunk)
     except ClientDisconnect:
+        if request.scope.get(BODY_LATE):
+            raise RequestTimeout(
+                "The request body did not arrive in time (--body-timeout); send it faster or "
+                "in smaller appends. The connection is closed."
+            ) from None
         raise BadRequest("The client went away before sending the whole body.") from None
     if size > limit:
         raise _too_large(limit)

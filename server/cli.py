@@ -84,6 +84,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds a long-poll read waits before 204 (default: %(default)s)",
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds a connection may stay silent before a request starts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--head-timeout",
+        type=float,
+        default=defaults.head_timeout,
+        help="seconds a request line and headers may take to arrive (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a request body may take to arrive (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="open connections served at once; more get 503 (default: %(default)s, lowered "
+        "to fit the open-file limit)",
+    )
+    parser.add_argument(
         "--backend",
         choices=["asyncio", "trio"],
         default="asyncio",
@@ -120,6 +145,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=args.shutdown_grace,
         lease_sweep_interval=args.lease_sweep_interval,
         long_poll_timeout=args.long_poll_timeout,
+        idle_timeout=args.idle_timeout,
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
         http=args.http,
     )
 

@@ -10,6 +10,7 @@
         ├── Forbidden           403  a valid token that may not do this
         ├── NotFound            404
         ├── MethodNotAllowed    405  a known route asked with a method it does not serve
+        ├── RequestTimeout      408  the request body did not arrive in time (--body-timeout)
         ├── Conflict            409  with a code: ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
         ├── PayloadTooLarge     413
         ├── UnsupportedMedia    415
@@ -72,6 +73,13 @@ class MethodNotAllowed(ServerError):
 
     status = 405
     default_code = "METHOD_NOT_ALLOWED"
+
+
+class RequestTimeout(ServerError):
+    """The request body did not arrive within its deadline; the connection is closed."""
+
+    status = 408
+    default_code = "REQUEST_TIMEOUT"
 
 
 class Conflict(StoreError):
