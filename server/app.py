@@ -240,7 +240,7 @@ def create_app(
         store=store,
         config=config,
         auth=Authenticator.from_config(config),
-        policy=Policy(store),
+        policy=Policy(store, clock),
         shutdown=ShutdownSignal(),
         metrics=metrics,
         clock=clock,

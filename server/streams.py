@@ -19,7 +19,9 @@ Deliberate choices where the spec leaves room (also in docs/server.md):
 from __future__ import annotations
 
 import base64
+import functools
 import re
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -247,10 +249,14 @@ async def read(request: Request) -> Response | SSEResponse:
         raise BadRequest(f"live={live} needs an offset; pass offset=-1, now, or a saved one.")
     await ctx.policy.require_stream_read(principal, path)
     meta = await ctx.store.stream(path)
+    still_allowed: Callable[[], Awaitable[bool]] | None = None
+    if not principal.unrestricted:
+        still_allowed = functools.partial(ctx.policy.may_still_read, principal, path)
+
     if live == "sse":
-        return await _sse(ctx, meta, offset or START_OFFSET, cursor)
+        return await _sse(ctx, meta, offset or START_OFFSET, cursor, still_allowed)
     if live == "long-poll":
-        return await _long_poll(request, ctx, meta, offset or START_OFFSET, cursor)
+        return await _long_poll(request, ctx, meta, offset or START_OFFSET, cursor, still_allowed)
     return await _catch_up(request, ctx, meta, offset or START_OFFSET)
 
 
@@ -309,7 +315,12 @@ async def _catch_up(request: Request, ctx: AppContext, meta: StreamMeta, offset:
 
 
 async def _long_poll(
-    request: Request, ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | None
+    request: Request,
+    ctx: AppContext,
+    meta: StreamMeta,
+    offset: str,
+    cursor: str | None,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> Response:
     start = await _start_offset(ctx, meta, offset)
     mark = ctx.store.change_mark(meta.path)
@@ -321,6 +332,10 @@ async def _long_poll(
         )
         if wakeup is Wakeup.CHANGED:
             result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
+            if still_allowed is not None and not await still_allowed():
+                # The permission ended while waiting: nothing appended since is delivered
+                # (the next request is refused with 403).
+                result = ReadResult((), start, True)
     if result.messages:
         headers = _read_headers(meta, result.next_offset, result.up_to_date)
         headers["stream-cursor"] = next_cursor(cursor)
@@ -334,7 +349,13 @@ async def _long_poll(
     return Response(status_code=204, headers=headers)
 
 
-async def _sse(ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | None) -> SSEResponse:
+async def _sse(
+    ctx: AppContext,
+    meta: StreamMeta,
+    offset: str,
+    cursor: str | None,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+) -> SSEResponse:
     encoding = encoding_for(meta.content_type)
     start = await _start_offset(ctx, meta, offset)
     loop = EventStream(
@@ -346,6 +367,7 @@ async def _sse(ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | Non
         keepalive=ctx.config.keepalive,
         max_read_bytes=ctx.config.max_read_bytes,
         client_cursor=cursor,
+        still_allowed=still_allowed,
     )
     headers = {"stream-sse-data-encoding": "base64"} if encoding == "base64" else {}
     return SSEResponse(
