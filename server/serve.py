@@ -216,7 +216,8 @@ async def serve(
     if store is None:
         from pullwake.server.store import open_store
 
-        store = open_store(config.database_url)
+        # On PostgreSQL every replica judges leases by the database's clock.
+        store = open_store(config.database_url, database_clock=True)
     await store.open()
     try:
         app = create_app(store, config, clock=wall_clock_ms)
