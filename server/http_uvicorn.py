@@ -20,12 +20,11 @@ added here, each a few lines over uvicorn's own classes:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import uvicorn
@@ -50,6 +49,12 @@ UVICORN_SETTINGS: dict[str, Any] = {
     "proxy_headers": False,
     "timeout_keep_alive": 5,
 }
+
+
+class Cancellable(Protocol):
+    """What the protocol uses of the event loop's timer handles."""
+
+    def cancel(self) -> None: ...
 
 
 class HeadTooLarge(Exception):
@@ -83,9 +88,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Invariant: True once this connection was counted by the gate (it leaves on close).
     _admitted = False
     # Invariant: the one pending idle or head deadline (None while a request is served).
-    _deadline: asyncio.TimerHandle | None = None
+    # (An asyncio TimerHandle; typed by what is used, since server/ never imports asyncio.)
+    _deadline: Cancellable | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         if self.gate is not None:
             if not self.gate.try_enter():
