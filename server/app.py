@@ -17,6 +17,7 @@ answered 500 ``INTERNAL`` (tests treat that as a bug). Responses to ``HEAD`` nev
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +39,7 @@ from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, context_of, wall_clock_ms
 from pullwake.server.errors import ServerError
 from pullwake.server.headers import PREFLIGHT_HEADERS, SECURITY_HEADERS
+from pullwake.server.limits import receive_before
 from pullwake.server.metrics import Metrics
 from pullwake.server.shutdown import ShutdownSignal
 from pullwake.server.store.base import Store
@@ -61,6 +63,8 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     headers.update(exc.headers)
     if exc.status == 405:
         headers["allow"] = str(exc.extra.pop("allow", ""))
+    if exc.status == 408:
+        headers["connection"] = "close"
     if exc.status >= 500 and exc.status != 501:
         log.warning("answering %s %s: %s", exc.status, exc.code, exc.message)
     return error_response(exc.status, exc.body(), headers)
@@ -91,6 +95,8 @@ class Envelope:
     * **HEAD**: answers carry no body;
     * **metrics**: every answer is counted by route template (never the raw path: it would
       explode the labels), and timed unless it is an SSE stream;
+    * **body deadline**: until the request body is complete, ``receive`` is bounded by
+      ``body_timeout`` (``limits.receive_before``), so a stalled body cannot hold a task;
     * **draining**: before an answer's last body message, whatever is left of the request body
       is read (bounded). Hypercorn keeps a connection alive only when the request was fully
       received by the time the answer's last byte is sent; otherwise it closes the connection
@@ -98,10 +104,17 @@ class Envelope:
       disconnected". Answering before reading the body is common here (401, 404, 405, 413).
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, drain_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        drain_timeout: float = 5.0,
+        body_timeout: float = math.inf,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.drain_timeout = drain_timeout
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,10 +137,14 @@ class Envelope:
         is_head = scope["method"] == "HEAD"
         status = 500
         streaming = started = received_all = False
+        body_deadline = anyio.current_time() + self.body_timeout
 
         async def tracked_receive() -> Message:
             nonlocal received_all
-            message = await receive()
+            if received_all:
+                return await receive()
+            # The body must be in by its deadline (limits.py); answers are never bounded.
+            message = await receive_before(receive, body_deadline, scope)
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 received_all = True
             return message
@@ -242,14 +259,14 @@ def create_app(
         store=store,
         config=config,
         auth=Authenticator.from_config(config),
-        policy=Policy(store),
+        policy=Policy(store, clock),
         shutdown=ShutdownSignal(),
         metrics=metrics,
         clock=clock,
     )
     app = Starlette(
         routes=_routes(),
-        middleware=[Middleware(Envelope, metrics=metrics)],
+        middleware=[Middleware(Envelope, metrics=metrics, body_timeout=config.body_timeout)],
         exception_handlers={ServerError: _server_error, HTTPException: _http_error},
     )
     app.router.redirect_slashes = False

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import attrs
@@ -146,11 +146,27 @@ class Authenticator:
         return matched
 
 
+def subscription_not_visible(principal: Principal, sub_id: str) -> Forbidden:
+    """The one answer a runner token gets for a subscription it may not use.
+
+    The same for a subscription that does not exist and for one that wakes another runner,
+    and it names nothing of the subscription's configuration: a runner token cannot tell
+    which ids exist, so it cannot enumerate them.
+    """
+    return Forbidden(
+        f"Runner {principal.runner_id!r} may use only subscriptions that wake its own wake "
+        f"stream; {sub_id[:200]!r} is not one of them (or does not exist). Register the runner "
+        "with the subscription's wake stream, or use the admin token."
+    )
+
+
 class Policy:
     """Decide what a principal may do; the checks that need data ask the store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], int] | None = None) -> None:
         self._store = store
+        # Epoch ms, to judge leases the sweeper has not cleared yet (None: trust the holder).
+        self._clock = clock
 
     @staticmethod
     def require_admin(principal: Principal, action: str) -> None:
@@ -174,19 +190,34 @@ class Policy:
         return runner.wake_stream
 
     async def require_stream_read(self, principal: Principal, path: str) -> None:
-        """Allow a runner its own wake stream and the streams of subscriptions it holds."""
+        """Allow a runner its own wake stream and the streams of subscriptions it holds.
+
+        Long-lived reads (SSE, long-poll) ask again before each batch they deliver
+        (:meth:`may_still_read`), so a lease that ended, or a wake stream bound elsewhere,
+        ends them.
+        """
         if principal.unrestricted:
             return
         if path == await self._own_wake_stream(principal):
             return
         assert principal.runner_id is not None
+        now_ms = None if self._clock is None else self._clock()
         for held in await self._store.claims_held_by(principal.runner_id):
-            if any(link.path == path for link in held.streams):
+            lapsed = now_ms is not None and (held.lease_expires_at_ms or 0) <= now_ms
+            if not lapsed and any(link.path == path for link in held.streams):
                 return
         raise Forbidden(
             f"Runner {principal.runner_id!r} may read only its own wake stream and the streams "
             "of subscriptions whose lease it holds."
         )
+
+    async def may_still_read(self, principal: Principal, path: str) -> bool:
+        """Tell whether ``principal`` may still read ``path`` (see :meth:`require_stream_read`)."""
+        try:
+            await self.require_stream_read(principal, path)
+        except Forbidden:
+            return False
+        return True
 
     async def require_subscription(self, principal: Principal, sub: Subscription) -> None:
         """Allow a runner the subscriptions that wake it (their wake stream is its own)."""
@@ -194,11 +225,7 @@ class Policy:
             return
         own = await self._own_wake_stream(principal)
         if own is None or sub.config.wake_stream != own:
-            raise Forbidden(
-                f"Subscription {sub.id!r} wakes {sub.config.wake_stream!r}, not the wake stream "
-                f"of runner {principal.runner_id!r}; register the runner with that wake stream "
-                "or use the admin token."
-            )
+            raise subscription_not_visible(principal, sub.id)
 
     @staticmethod
     def require_wake_stream_binding(

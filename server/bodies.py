@@ -6,13 +6,15 @@ request is a 400 that says what to fix, never a 500.
 
 from __future__ import annotations
 
-import json
 from contextlib import aclosing
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
-from pullwake.server.errors import BadRequest, PayloadTooLarge
+from pullwake.server import jsontext
+from pullwake.server.digits import is_ascii_digits
+from pullwake.server.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from pullwake.server.limits import BODY_LATE
 
 _MISSING: Any = object()
 
@@ -34,7 +36,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """Return the whole body, or raise ``PayloadTooLarge`` once it passes ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        if not is_ascii_digits(declared.strip()):
             raise BadRequest("The Content-Length header is not a number.")
         if int(declared) > DRAIN_LIMIT:
             raise _too_large(limit)
@@ -49,34 +51,33 @@ async def read_body(request: Request, limit: int) -> bytes:
                 if size <= limit:
                     chunks.append(chunk)
     except ClientDisconnect:
+        if request.scope.get(BODY_LATE):
+            raise RequestTimeout(
+                "The request body did not arrive in time (--body-timeout); send it faster or "
+                "in smaller appends. The connection is closed."
+            ) from None
         raise BadRequest("The client went away before sending the whole body.") from None
     if size > limit:
         raise _too_large(limit)
     return b"".join(chunks)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json(data: bytes, *, what: str = "body") -> Any:
-    """Parse strict JSON (no NaN/Infinity) or raise ``BadRequest``."""
-    try:
-        text = data.decode("utf-8")
-        return json.loads(text, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(
-            f"The {what} is not valid JSON ({type(exc).__name__}); send UTF-8 JSON.",
-            code="INVALID_JSON",
-        ) from None
+    """Parse strict JSON (no NaN/Infinity) or raise ``BadRequest`` (see ``jsontext``)."""
+    return jsontext.parse(data, what=what)
 
 
 async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """Read a JSON object body; an empty body counts as ``{}``."""
+    """Read a JSON object body; an empty body counts as ``{}``.
+
+    The whole object is checked before any field is used: no lone surrogate or NUL in any
+    string, no NaN/Infinity or overflowed number, no nesting past
+    ``jsontext.MAX_CONTROL_DEPTH`` (so what is stored can always be read back and rendered).
+    """
     data = await read_body(request, limit)
     if not data.strip():
         return {}
-    value = parse_json(data)
+    value = jsontext.check_control(parse_json(data))
     if not isinstance(value, dict):
         raise BadRequest("The body must be a JSON object.", code="INVALID_REQUEST")
     return value

@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import anyio
@@ -106,6 +107,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_option(
         parser,
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds a connection may stay silent before a request starts (default: %(default)s)",
+    )
+    add_option(
+        parser,
+        "--head-timeout",
+        type=float,
+        default=defaults.head_timeout,
+        help="seconds a request line and headers may take to arrive (default: %(default)s)",
+    )
+    add_option(
+        parser,
+        "--body-timeout",
+        type=float,
+        default=defaults.body_timeout,
+        help="seconds a request body may take to arrive (default: %(default)s)",
+    )
+    add_option(
+        parser,
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        help="open connections served at once; more get 503 (default: %(default)s, lowered "
+        "to fit the open-file limit)",
+    )
+    add_option(
+        parser,
         "--backend",
         choices=["asyncio", "trio"],
         default="asyncio",
@@ -142,14 +172,60 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=args.shutdown_grace,
         lease_sweep_interval=args.lease_sweep_interval,
         long_poll_timeout=args.long_poll_timeout,
+        idle_timeout=args.idle_timeout,
+        head_timeout=args.head_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
         http=args.http,
     )
 
 
-def _ensure_sqlite_directory(url: str) -> None:
+def sqlite_database_problem(url: str) -> str | None:
+    """Say why a ``sqlite:///`` database cannot be used here, or return None when it can.
+
+    Only the default database's own folder (``.pullwake``) is created; any other missing folder
+    is named, never created (a typo in ``--database`` must not grow a tree of folders). The
+    folder must take new files (SQLite writes ``-wal`` and ``-shm`` files beside the database),
+    which is tried rather than asked (``os.access`` says yes to root on a read-only mount).
+    """
     prefix = "sqlite:///"
-    if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return None
+    database = Path(url[len(prefix) :])
+    folder = database.parent
+    if url == DEFAULT_DATABASE_URL and not folder.exists():
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            return f"cannot create the folder {str(folder)!r} for the database: {exc.strerror}"
+    missing = folder
+    while not missing.exists() and missing != missing.parent:
+        missing = missing.parent
+    if missing != folder:
+        if missing.is_dir():
+            absent = folder
+            while absent.parent != missing:
+                absent = absent.parent
+            return (
+                f"the folder {str(absent)!r} does not exist (needed for {str(database)!r}); "
+                f"create it (mkdir -p {folder}) or choose another --database"
+            )
+        return f"{str(missing)!r} is not a folder, so {str(database)!r} cannot be created in it"
+    if not folder.is_dir():
+        return f"{str(folder)!r} is not a folder, so {str(database)!r} cannot be created in it"
+    if database.is_dir():
+        return f"{str(database)!r} is a folder, not a database file; name a file in it"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        with database.open("ab"):
+            pass
+    except OSError as exc:
+        return (
+            f"cannot write the database {str(database)!r} or files beside it: {exc.strerror}; "
+            "check the folder's permissions or choose another --database"
+        )
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,7 +240,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"pullwake server: {exc}", file=sys.stderr)
         return 2
-    _ensure_sqlite_directory(config.database_url)
+    problem = sqlite_database_problem(config.database_url)
+    if problem is not None:
+        print(f"pullwake server: {problem}", file=sys.stderr)
+        return 2
     from pullwake.server.serve import serve
 
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:

@@ -58,6 +58,16 @@ class ServerConfig:
         default="auto", validator=attrs.validators.in_(("auto", "uvicorn", "hypercorn"))
     )
 
+    #: Seconds a connection may stay silent before the first byte of a request (closed then).
+    idle_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds from a request's first byte until its whole head must be in (408 then).
+    head_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Seconds from a request's head until its whole body must be in (408 then).
+    body_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Open connections served at once; past it a new one gets 503 with Retry-After. Lowered
+    #: at start-up when the open-file limit leaves less room (see ``limits.py``).
+    max_connections: int = attrs.field(default=10_000, validator=_positive)
+
     @property
     def auth_enabled(self) -> bool:
         """Return True when any bearer token is configured."""

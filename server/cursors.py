@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import time
 
+from pullwake.server.digits import is_ascii_digits
+
 #: 2024-10-09T00:00:00Z, the epoch the spec suggests, in seconds.
 CURSOR_EPOCH_S = 1_728_432_000
 CURSOR_INTERVAL_S = 20
@@ -25,7 +27,7 @@ def current_interval(now_s: float | None = None) -> int:
 def next_cursor(client_cursor: str | None, now_s: float | None = None) -> str:
     """Return the cursor to send, strictly ahead of ``client_cursor`` when it is not stale."""
     current = current_interval(now_s)
-    if client_cursor is None or not client_cursor.isdigit() or len(client_cursor) > 18:
+    if client_cursor is None or not is_ascii_digits(client_cursor) or len(client_cursor) > 18:
         return str(current)
     echoed = int(client_cursor)
     if echoed < current:

@@ -14,6 +14,7 @@ against the classes)::
             ├── Forbidden           403  a valid token that may not do this
             ├── NotFound            404  STREAM_NOT_FOUND, SUBSCRIPTION_NOT_FOUND, ...
             ├── Gone                410  a soft-deleted stream (forks still read its messages)
+            ├── RequestTimeout      408  the request body did not arrive in time (--body-timeout)
             ├── Conflict            409  ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
             ├── PayloadTooLarge     413
             ├── UnsupportedMedia    415
@@ -95,6 +96,13 @@ class MethodNotAllowed(ServerError):
 
     status = 405
     default_code = "METHOD_NOT_ALLOWED"
+
+
+class RequestTimeout(ServerError):
+    """The request body did not arrive within its deadline; the connection is closed."""
+
+    status = 408
+    default_code = "REQUEST_TIMEOUT"
 
 
 class Conflict(StoreError):

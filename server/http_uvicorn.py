@@ -10,6 +10,10 @@ added here, each a few lines over uvicorn's own classes:
   answers 431 past 16 KiB).
 * **JSON error bodies** for requests the parser refuses (400) or that are too large (431), like
   every other error of this server; uvicorn answers those in plain text.
+* **Connection limits** (``limits.py``): a connection silent for ``idle_timeout`` before its
+  first request is closed; a head not complete ``head_timeout`` after its first byte gets a
+  408; past ``max_connections`` a new connection gets a 503 with ``Retry-After``. uvicorn has
+  none of these for a fresh connection (its keep-alive timeout starts after a first answer).
 * **No signal handlers**: :func:`pullwake.server.serve.serve_app` watches SIGINT and SIGTERM
   itself, since the first one must end the SSE streams before the HTTP server stops.
 """
@@ -17,19 +21,19 @@ added here, each a few lines over uvicorn's own classes:
 from __future__ import annotations
 
 import contextlib
-import http
-import json
 import math
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from pullwake.server import limits
 from pullwake.server.config import ServerConfig
+from pullwake.server.limits import error_answer
 
 #: The largest request line plus headers accepted (431 beyond it).
 MAX_HEAD_BYTES = 64 * 1024
@@ -47,15 +51,10 @@ UVICORN_SETTINGS: dict[str, Any] = {
 }
 
 
-def error_answer(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Encode a complete ``Connection: close`` answer with this server's JSON error body."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
-    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("ascii")]
-    lines.extend(name + b": " + value + b"\r\n" for name, value in headers)
-    lines.append(b"content-type: application/json\r\n")
-    lines.append(b"content-length: " + str(len(body)).encode("ascii") + b"\r\n")
-    lines.append(b"connection: close\r\n\r\n")
-    return b"".join(lines) + body
+class Cancellable(Protocol):
+    """What the protocol uses of the event loop's timer handles."""
+
+    def cancel(self) -> None: ...
 
 
 class HeadTooLarge(Exception):
@@ -82,8 +81,60 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0
         self._head_too_large = False
 
+    #: Set per server by :func:`limited_protocol`: the deadlines and the connection gate.
+    idle_timeout: float = math.inf
+    head_timeout: float = math.inf
+    gate: limits.ConnectionGate | None = None
+    # Invariant: True once this connection was counted by the gate (it leaves on close).
+    _admitted = False
+    # Invariant: the one pending idle or head deadline (None while a request is served).
+    # (An asyncio TimerHandle; typed by what is used, since server/ never imports asyncio.)
+    _deadline: Cancellable | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.gate is not None:
+            if not self.gate.try_enter():
+                transport.write(limits.busy_answer(self.gate.cap))
+                transport.close()
+                return
+            self._admitted = True
+        self._arm(self.idle_timeout, self._idle_overdue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted and self.gate is not None:
+            self._admitted = False
+            self.gate.leave()
+        super().connection_lost(exc)
+
+    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        if math.isfinite(delay):
+            self._deadline = self.loop.call_later(delay, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    # Between requests uvicorn's own keep-alive timer bounds the silence; the head deadline
+    # starts again with the next request's first byte (data_received).
+    def _idle_overdue(self) -> None:
+        self._deadline = None
+        if self._in_head and self._received_in_head == 0 and not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_overdue(self) -> None:
+        self._deadline = None
+        if self._in_head and not self.transport.is_closing():
+            self.transport.write(limits.head_timeout_answer(self.head_timeout))
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
         if self._in_head:
+            if self._received_in_head == 0 and data:
+                self._arm(self.head_timeout, self._head_overdue)
             self._received_in_head += len(data)
         super().data_received(data)
         if (
@@ -104,6 +155,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._disarm()
         if self._head_size > MAX_HEAD_BYTES:
             self._head_too_large = True
             raise HeadTooLarge  # httptools stops and raises; data_received answers
@@ -126,6 +178,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+def limited_protocol(
+    config: ServerConfig, gate: limits.ConnectionGate
+) -> type[BoundedHttpToolsProtocol]:
+    """Return the protocol class for one server: its deadlines and its connection gate."""
+    return type(
+        "LimitedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {"idle_timeout": config.idle_timeout, "head_timeout": config.head_timeout, "gate": gate},
+    )
+
+
 class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn's server, minus its signal handlers (the caller watches signals)."""
 
@@ -139,13 +202,14 @@ async def serve_uvicorn(
     config: ServerConfig,
     sock: socket.socket,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    gate: limits.ConnectionGate | None = None,
 ) -> None:
     """Serve ``app`` on the bound, listening ``sock`` until ``shutdown_trigger`` returns, then
     give open connections at most ``config.shutdown_grace`` seconds (whole seconds, rounded
     up: uvicorn counts in seconds)."""
     uvicorn_config = uvicorn.Config(
         app,
-        http=BoundedHttpToolsProtocol,
+        http=BoundedHttpToolsProtocol if gate is None else limited_protocol(config, gate),
         timeout_graceful_shutdown=max(1, math.ceil(config.shutdown_grace)),
         **UVICORN_SETTINGS,
     )

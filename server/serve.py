@@ -33,6 +33,7 @@ import sniffio
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
+from pullwake.server import limits
 from pullwake.server.app import begin_shutdown, create_app
 from pullwake.server.auth import require_safe_bind
 from pullwake.server.config import ServerConfig
@@ -53,7 +54,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
-        sock.listen(128)
+        # A deep backlog: a burst of connections queues instead of being dropped (SYN retry
+        # costs the client a second or more); the kernel clips it to net.core.somaxconn.
+        sock.listen(4096)
     except BaseException:
         sock.close()
         raise
@@ -66,15 +69,26 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}"
 
 
-def hypercorn_config(config: ServerConfig, sock: socket.socket) -> HypercornConfig:
-    """Configure hypercorn to serve on an already-bound socket (handed over by fd)."""
+def hypercorn_config(
+    config: ServerConfig, sock: socket.socket, gate: limits.ConnectionGate | None = None
+) -> HypercornConfig:
+    """Configure hypercorn to serve on an already-bound socket (handed over by fd).
+
+    hypercorn's keep-alive timer runs from a connection's start (or its last answer) until a
+    request's head is complete, so it is both the idle and the head deadline here
+    (``limits.hypercorn_keep_alive``). On trio the connection cap is the ``gate``.
+    """
     hyper = HypercornConfig()
     hyper.bind = [f"fd://{sock.detach()}"]
     hyper.graceful_timeout = config.shutdown_grace
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("pullwake.server.hypercorn")
     hyper.include_server_header = False
-    hyper.keep_alive_timeout = 5.0
+    hyper.keep_alive_timeout = limits.hypercorn_keep_alive(config.idle_timeout, config.head_timeout)
+    if gate is not None:
+        limits.install_hypercorn_cap()
+        # Read by the capped server (limits.install_hypercorn_cap).
+        setattr(hyper, "pullwake_gate", gate)  # noqa: B010
     return hyper
 
 
@@ -141,6 +155,8 @@ async def serve_app(
     """Serve ``app`` until a signal (or ``stop``) arrives, then shut down gracefully."""
     require_safe_bind(config)
     http = http_server_for(config)
+    fd_soft, _ = limits.raise_fd_limit()
+    gate = limits.ConnectionGate(limits.effective_cap(config.max_connections, fd_soft))
     sock = bind_socket(config.host, config.port)
     url = url_of(sock, config.host)
     log.info("serving HTTP with %s", http)
@@ -183,9 +199,10 @@ async def serve_app(
             if http == "uvicorn":
                 from pullwake.server.http_uvicorn import serve_uvicorn
 
-                await serve_uvicorn(app, config, sock, stopping.wait)
+                await serve_uvicorn(app, config, sock, stopping.wait, gate)
             else:
-                await _hypercorn_serve(app, hypercorn_config(config, sock), stopping.wait)
+                hyper = hypercorn_config(config, sock, gate)
+                await _hypercorn_serve(app, hyper, stopping.wait)
             tg.cancel_scope.cancel()
 
         tg.start_soon(run_http)
@@ -210,7 +227,8 @@ async def serve(
     if store is None:
         from pullwake.server.store import open_store
 
-        store = open_store(config.database_url)
+        # On PostgreSQL every replica judges leases by the database's clock.
+        store = open_store(config.database_url, database_clock=True)
     await store.open()
     try:
         app = create_app(store, config, clock=wall_clock_ms)

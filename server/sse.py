@@ -13,10 +13,13 @@ One SSE response follows one stream from a start offset:
    reaches the reader as soon as the append commits). Each time ``keepalive`` seconds pass with
    nothing to send, write an SSE comment line, so a reader can treat silence as a dead server.
 3. **End**: on server shutdown, write a final control event and end the body (EOF) at once,
-   so readers reconnect immediately instead of waiting for a timeout. A stream deleted under
-   the reader ends the body too, and so does a closed stream once read to its end: its last
-   control event carries ``streamClosed: true`` and no cursor. A client that disconnects
-   cancels the loop.
+   so readers reconnect immediately instead of waiting for a timeout. The same when the
+   reader's permission ended (a runner token whose lease ended, or whose wake stream was
+   bound elsewhere): it is asked after every read but the first, before the data is written,
+   so such a reader receives nothing appended after its permission ended (an idle reader is
+   ended at the stream's next change). A stream deleted under the reader ends the body too,
+   and so does a closed stream once read to its end: its last control event carries
+   ``streamClosed: true`` and no cursor. A client that disconnects cancels the loop.
 
 The framing is written by hand (a dozen lines): the client side parses with httpx-sse, but the
 writing side needs exact control over when bytes hit the socket (keepalives, the final control
@@ -161,6 +164,7 @@ class EventStream:
         keepalive: float,
         max_read_bytes: int,
         client_cursor: str | None,
+        still_allowed: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.store = store
         self.shutdown = shutdown
@@ -171,6 +175,10 @@ class EventStream:
         self.keepalive = keepalive
         self.max_read_bytes = max_read_bytes
         self.client_cursor = client_cursor
+        # Asked after every read but the first, before its data is written: a reader whose
+        # permission ended (a runner's lease, its wake-stream binding) gets a final control
+        # event instead (None: the reader's permission cannot end, e.g. the admin's).
+        self.still_allowed = still_allowed
 
     def _control(self, up_to_date: bool) -> bytes:
         return control_event(self.offset, next_cursor(self.client_cursor), up_to_date)
@@ -199,6 +207,11 @@ class EventStream:
                 return
             mark = self.store.change_mark(self.path)
             result = await self.store.read(self.path, self.offset, self.max_read_bytes)
+            # Checked after the read: whatever it found was appended while it was allowed.
+            if not first and self.still_allowed is not None and not await self.still_allowed():
+                log.info("an SSE reader of %r may no longer read it; ending", self.path)
+                await write(self._control(up_to_date=False))
+                return
             # A closed stream read to its end: the last event says so, and the body ends.
             end = result.closed and result.up_to_date
             if result.messages or first or end:

@@ -22,19 +22,21 @@ Deliberate choices where the spec leaves room (also in docs/server.md):
 from __future__ import annotations
 
 import base64
-import json
+import functools
+from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from pullwake.server import headers as protocol_headers
-from pullwake.server import lifecycle, names
+from pullwake.server import jsontext, lifecycle, names
 from pullwake.server.auth import Principal
 from pullwake.server.bodies import parse_json, read_body
 from pullwake.server.content_types import DEFAULT_TYPE, encoding_for, is_json, media_type
 from pullwake.server.context import AppContext, context_of
 from pullwake.server.cursors import next_cursor
+from pullwake.server.digits import parse_decimal
 from pullwake.server.errors import (
     BadRequest,
     Conflict,
@@ -64,9 +66,7 @@ def json_messages(body: bytes, *, allow_empty: bool) -> list[bytes]:
         raise BadRequest(
             "An empty JSON array appends nothing; send at least one value.", code="EMPTY_ARRAY"
         )
-    return [
-        json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8") for v in values
-    ]
+    return [jsontext.encode(v) for v in values]
 
 
 def body_for(messages: tuple[Message, ...], content_type: str) -> bytes:
@@ -262,6 +262,8 @@ async def read(request: Request) -> Response | SSEResponse:
     offset = _single_query(request, "offset")
     live = _single_query(request, "live")
     cursor = _single_query(request, "cursor")
+    if cursor:
+        parse_decimal(cursor, what="cursor")
     if live not in (None, "long-poll", "sse"):
         raise BadRequest(f"live={live[:40]!r} is not a read mode; use long-poll or sse.")
     if offset is not None:
@@ -273,10 +275,13 @@ async def read(request: Request) -> Response | SSEResponse:
     if meta.ttl_seconds is not None:
         # Every read restarts a sliding TTL, a live one when it begins (spec §5.1).
         await ctx.store.touch_stream(path, ctx.clock())
+    still_allowed: Callable[[], Awaitable[bool]] | None = None
+    if not principal.unrestricted:
+        still_allowed = functools.partial(ctx.policy.may_still_read, principal, path)
     if live == "sse":
-        return await _sse(ctx, meta, offset or START_OFFSET, cursor)
+        return await _sse(ctx, meta, offset or START_OFFSET, cursor, still_allowed)
     if live == "long-poll":
-        return await _long_poll(request, ctx, meta, offset or START_OFFSET, cursor)
+        return await _long_poll(request, ctx, meta, offset or START_OFFSET, cursor, still_allowed)
     return await _catch_up(request, ctx, meta, offset or START_OFFSET)
 
 
@@ -340,7 +345,12 @@ async def _catch_up(request: Request, ctx: AppContext, meta: StreamMeta, offset:
 
 
 async def _long_poll(
-    request: Request, ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | None
+    request: Request,
+    ctx: AppContext,
+    meta: StreamMeta,
+    offset: str,
+    cursor: str | None,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> Response:
     start = await _start_offset(ctx, meta, offset)
     mark = ctx.store.change_mark(meta.path)
@@ -353,6 +363,10 @@ async def _long_poll(
             )
             if wakeup is Wakeup.CHANGED:
                 result = await ctx.store.read(meta.path, start, ctx.config.max_read_bytes)
+                if still_allowed is not None and not await still_allowed():
+                    # The permission ended while waiting: nothing appended since is delivered
+                    # (the next request is refused with 403).
+                    result = ReadResult((), start, True)
     if result.messages:
         headers = _read_headers(meta, result.next_offset, result.up_to_date, result.closed)
         headers["stream-cursor"] = next_cursor(cursor)
@@ -369,7 +383,13 @@ async def _long_poll(
     return Response(status_code=204, headers=headers)
 
 
-async def _sse(ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | None) -> SSEResponse:
+async def _sse(
+    ctx: AppContext,
+    meta: StreamMeta,
+    offset: str,
+    cursor: str | None,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+) -> SSEResponse:
     encoding = encoding_for(meta.content_type)
     start = await _start_offset(ctx, meta, offset)
     loop = EventStream(
@@ -381,6 +401,7 @@ async def _sse(ctx: AppContext, meta: StreamMeta, offset: str, cursor: str | Non
         keepalive=ctx.config.keepalive,
         max_read_bytes=ctx.config.max_read_bytes,
         client_cursor=cursor,
+        still_allowed=still_allowed,
     )
     headers = {"stream-sse-data-encoding": "base64"} if encoding == "base64" else {}
     return SSEResponse(

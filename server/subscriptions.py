@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from pullwake.server import names
-from pullwake.server.auth import Principal
+from pullwake.server.auth import Principal, subscription_not_visible
 from pullwake.server.bodies import (
     bool_field,
     int_field,
@@ -80,7 +80,13 @@ def _sub_id(request: Request) -> str:
 
 
 async def _visible(ctx: AppContext, principal: Principal, sub_id: str) -> Subscription:
-    sub = await ctx.store.subscription(sub_id)
+    try:
+        sub = await ctx.store.subscription(sub_id)
+    except NotFound:
+        if principal.unrestricted:
+            raise
+        # Alike for missing and someone else's: a runner token cannot enumerate ids.
+        raise subscription_not_visible(principal, sub_id) from None
     await ctx.policy.require_subscription(principal, sub)
     return sub
 

@@ -29,8 +29,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, database_clock: bool = False) -> Store:
     """Make the store a database URL names; the caller then awaits ``store.open()``.
+
+    ``database_clock``: on PostgreSQL, judge time (leases) by the database's clock instead of
+    the ``now_ms`` callers pass, so every replica judges by one clock (the server sets it;
+    SQLite has one process, and ignores it).
 
     ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` (the SQLAlchemy
     convention), ``postgresql://...`` or ``postgres://...`` (any libpq connection URL).
@@ -70,7 +74,7 @@ def open_store(url: str) -> Store:
             ) from None
         from pullwake.server.store.postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, database_clock=database_clock)
     raise ValueError(
         f"database URL scheme {scheme!r} is not supported: use 'sqlite:///path/to/file.db' or "
         "'postgresql://user@host/dbname'"

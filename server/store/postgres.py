@@ -29,6 +29,7 @@ connection), so the store can share a database with an application.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import selectors
@@ -47,7 +48,7 @@ import psycopg
 import psycopg.errors
 import psycopg_pool
 
-from pullwake.server.errors import Conflict, StoreError, StoreUnavailable
+from pullwake.server.errors import BadRequest, Conflict, StoreError, StoreUnavailable
 from pullwake.server.store import rules
 from pullwake.server.store.changes import ChangeBoard
 from pullwake.server.store.schema import SCHEMA_VERSION_DDL, migrations
@@ -97,6 +98,14 @@ def map_store_errors() -> Iterator[None]:
             f"PostgreSQL refused a write that conflicts with existing data "
             f"({type(exc).__name__}); retry, or re-read the resource",
             code="CONFLICT",
+        ) from None
+    except psycopg.DataError as exc:
+        # Bad input, not an outage (a value PostgreSQL cannot hold, such as a NUL in text):
+        # the request is at fault, and retrying it would fail the same way.
+        raise BadRequest(
+            f"PostgreSQL cannot store a value of this request ({type(exc).__name__}: "
+            f"{str(exc).strip()[:200]}); remove NUL characters and invalid text, then retry",
+            code="INVALID_DATA",
         ) from None
     except psycopg.Error as exc:
         raise StoreUnavailable(
@@ -285,14 +294,55 @@ class _Listener:
                 self._drop()
 
 
+#: The database's clock in epoch milliseconds: ``clock_timestamp()``, not ``now()``, so a
+#: transaction that waited for a row lock judges by the time it got it.
+DATABASE_NOW_MS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+@functools.lru_cache(maxsize=256)
+def _now_ms_position(body: Callable[..., Any]) -> int | None:
+    """Where ``now_ms`` sits among a rule's arguments (after ``tx``), or None."""
+    names = list(inspect.signature(body).parameters)
+    return names.index("now_ms") - 1 if "now_ms" in names else None
+
+
+def with_database_now(
+    tx: PostgresTransaction, body: Callable[..., Any], args: Sequence[Any]
+) -> Sequence[Any]:
+    """Return ``args`` with the caller's ``now_ms`` replaced by the database's clock.
+
+    Leases are judged by ``now_ms`` (granted until ``now_ms + ttl``, lapsed once ``now_ms``
+    passed that). With several server processes on one database, each process's wall clock
+    would be its own judge, and one running fast would expire leases another just granted.
+    Reading the time inside the rule's own transaction gives every replica the same clock;
+    it costs one short query per transaction that takes ``now_ms``.
+    """
+    position = _now_ms_position(body)
+    if position is None or position >= len(args):
+        return args
+    row = tx.fetchone(DATABASE_NOW_MS, ())
+    assert row is not None
+    return [*args[:position], int(row[0]), *args[position + 1 :]]
+
+
 class PostgresStore(TransactionalStore):
     """A store in a PostgreSQL database (tables in the schema ``pullwake``)."""
 
     dialect_name = "PostgreSQL"
 
-    def __init__(self, dsn: str, *, connections: int = 8, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        connections: int = 8,
+        timeout: float = 10.0,
+        database_clock: bool = False,
+    ) -> None:
         super().__init__(connections=connections)
         self.dsn = dsn
+        #: True: every rule that takes ``now_ms`` gets the database's clock, read in its own
+        #: transaction, instead of the caller's (see :func:`with_database_now`).
+        self.database_clock = database_clock
         self._connections = connections
         self._timeout = timeout
         # Invariant: an open pool while the store is open, else None.
@@ -389,6 +439,8 @@ class PostgresStore(TransactionalStore):
 
             with conn.cursor() as cursor:
                 tx = PostgresTransaction(cursor)
+                if self.database_clock:
+                    args = with_database_now(tx, body, args)
 
                 def commit() -> None:
                     tx.announce(self._origin)

@@ -6,7 +6,14 @@ like our request bodies) at a ``pullwake server`` process on SQLite and on Postg
 answer must be below 500 (501 is the deliberate "not implemented" answer) and, when it is an
 error, JSON with a code and a message. Every request is bounded by the client's timeout; the
 server's long-poll timeout is short so long-polls answer quickly. After the run the server must
-still answer and must not have logged an unexpected error.
+still answer, every row the run could have touched must read back below 500, and the server
+must not have logged an unexpected error.
+
+JSON bodies draw their text from the whole of Unicode, lone surrogates included (sent as
+``\\udXXX`` escapes, which is how a client can put one on the wire), numbers that overflow a
+double (``1e999``), and nesting just below, at and above every limit (the control-body depth,
+the interpreter's recursion limit). Stalled and slow sockets are
+``tests/server/test_connection_limits.py``'s part.
 """
 
 from __future__ import annotations
@@ -76,12 +83,19 @@ offsets = st.one_of(
     st.sampled_from(["-1", "now", "0" * 20, "9" * 20, "", "abc", "-2", "00000000000000000001"]),
     st.text(max_size=30),
 )
+#: Any code point, lone surrogates and NUL included.
+any_character = st.one_of(
+    st.characters(codec=None, categories=None),
+    st.integers(min_value=0xD800, max_value=0xDFFF).map(chr),
+    st.just("\x00"),
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False),
     st.text(max_size=20),
+    st.text(alphabet=any_character, max_size=8),
     offsets,
     stream_path,
 )
@@ -113,10 +127,42 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+#: Nesting depths around every limit: the control-body depth (32) and the recursion limit.
+DEPTHS = [1, 30, 31, 32, 33, 64, 500, 980, 990, 999, 1000, 1001, 3000]
+
+
+@st.composite
+def hostile_json(draw: st.DrawFn) -> bytes:
+    """JSON text Python's parser reads but strict JSON cannot carry: overflow, deep nesting."""
+    number = draw(st.sampled_from(["1e999", "-1e999", "1E400", "2e308", "1e308", "-0.0"]))
+    depth = draw(st.sampled_from(DEPTHS))
+    leaf = draw(st.sampled_from([number, '"\\ud800"', '"\\udfff x"', '"\\u0000"', "1"]))
+    nested_object = '{"d":' * depth + leaf + "}" * depth
+    nested_array = "[" * depth + leaf + "]" * depth
+    shape = draw(
+        st.sampled_from(
+            [
+                "{leaf}",
+                "[{leaf}]",
+                "{nested_array}",
+                '{{"lease_ms": 5000, "diagnostics": {nested_object}}}',
+                '{{"lease_ms": 5000, "diagnostics": {{"v": {leaf}}}}}',
+                '{{"id": "r1", "label": {leaf}}}',
+                '{{"type": "pull-wake", "pattern": "events/*", "wake_stream": "wake/w1", '
+                '"description": {leaf}}}',
+                '{{"worker": {leaf}}}',
+            ]
+        )
+    )
+    text = shape.format(leaf=leaf, nested_object=nested_object, nested_array=nested_array)
+    return text.encode()
+
+
 bodies = st.one_of(
     st.none(),
     st.binary(max_size=64),
     json_values.map(lambda v: json.dumps(v).encode()),
+    hostile_json(),
     st.just(b'{"type":"pull-wake","pattern":"events/*","wake_stream":"wake/w1"}'),
     st.just(b"[]"),
 )
@@ -153,6 +199,45 @@ def requests(draw: st.DrawFn, tokens: list[str]) -> dict[str, Any]:
     }
 
 
+#: Routes that store what their body says, as the admin would call them.
+STORING_ROUTES = [
+    ("POST", "/v1/stream/events/a"),
+    ("PUT", "/v1/stream/events/fresh"),
+    ("POST", "/v1/stream/wake/w1"),
+    ("POST", "/v1/runners"),
+    ("POST", "/v1/runners/r1/heartbeat"),
+    ("PUT", f"{SUBS}/s2"),
+    ("POST", f"{SUBS}/s1/claim"),
+]
+#: Cursors and offsets with digits that are not ASCII.
+FOREIGN_DIGITS = ["²", "٣", "1²", "１２", "߃", "-1", "1" * 19]
+
+
+@st.composite
+def well_aimed(draw: st.DrawFn, admin: str | None) -> dict[str, Any]:
+    """A request that passes routing and auth, so its hostile part reaches the store."""
+    headers = {"content-type": "application/json"}
+    if admin:
+        headers["authorization"] = f"Bearer {admin}"
+    if draw(st.booleans()):
+        method, path = draw(st.sampled_from(STORING_ROUTES))
+        content = draw(st.one_of(hostile_json(), json_values.map(lambda v: json.dumps(v).encode())))
+        return {
+            "method": method,
+            "path": path,
+            "params": {},
+            "headers": headers,
+            "content": content,
+        }
+    params = {
+        "offset": draw(st.sampled_from(["-1", "now", *FOREIGN_DIGITS])),
+        "live": draw(st.sampled_from(["long-poll", "sse"])),
+        "cursor": draw(st.sampled_from(FOREIGN_DIGITS)),
+    }
+    path = f"/v1/stream/{draw(st.sampled_from(KNOWN_STREAMS))}"
+    return {"method": "GET", "path": path, "params": params, "headers": headers, "content": None}
+
+
 def seed(client: httpx.Client, auth: dict[str, str]) -> list[str]:
     """Create streams, a subscription with a live claim; return auth headers worth trying."""
     json_type = {"content-type": "application/json", **auth}
@@ -166,6 +251,10 @@ def seed(client: httpx.Client, auth: dict[str, str]) -> list[str]:
     won = client.post(f"{SUBS}/s1/claim", json={"worker": "w1"}, headers=auth).json()
     client.post("/v1/runners", json={"id": "r1", "wake_stream": "wake/w1"}, headers=auth)
     return [f"Bearer {won['token']}"]
+
+
+def no_constants(name: str) -> Any:
+    raise AssertionError(f"the server wrote {name}, which is not JSON")
 
 
 def check(response: httpx.Response, request: dict[str, Any]) -> None:
@@ -191,7 +280,7 @@ def run_fuzz(server: ServerProcess, admin: str | None = None) -> None:
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )
-        @given(request=requests(tokens))
+        @given(request=st.one_of(requests(tokens), well_aimed(admin)))
         def one(request: dict[str, Any]) -> None:
             try:
                 built = client.build_request(
@@ -218,6 +307,18 @@ def run_fuzz(server: ServerProcess, admin: str | None = None) -> None:
 
         one()
         assert client.get("/healthz").json() == {"status": "ok"}
+        # Whatever the run stored, every row it could have touched still reads back.
+        admin_auth = {"authorization": f"Bearer {admin}"} if admin else {}
+        for ident in KNOWN_IDS:
+            for url in (f"/v1/runners/{ident}", f"/v1/runners/{ident}/health", f"{SUBS}/{ident}"):
+                answer = client.get(url, headers=admin_auth)
+                assert answer.status_code < 500, (url, answer.status_code, answer.text)
+        for path in KNOWN_STREAMS:
+            answer = client.get(f"/v1/stream/{path}", params={"offset": "-1"}, headers=admin_auth)
+            assert answer.status_code < 500, (path, answer.status_code, answer.text)
+            # The run may have deleted a stream and made it again with another type.
+            if answer.status_code == 200 and answer.headers["content-type"] == "application/json":
+                json.loads(answer.content, parse_constant=no_constants)  # strict JSON back
     server.terminate()
     log = server.stderr_text()
     assert "unexpected error" not in log, log[-4000:]
@@ -232,8 +333,11 @@ def test_generated_requests_never_5xx_or_hang(
     )
 
 
-def test_generated_requests_with_auth_on_trio(server_factory: ServerFactory) -> None:
+def test_generated_requests_with_auth_on_trio(
+    server_factory: ServerFactory, database_url: str
+) -> None:
     server = server_factory(
+        database_url,
         backend="trio",
         args=["--long-poll-timeout", "0.2", "--keepalive", "0.2"],
         env={"PULLWAKE_ADMIN_TOKEN": "admin-secret", "PULLWAKE_RUNNER_TOKENS": "r1=runner-secret"},

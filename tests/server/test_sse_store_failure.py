@@ -43,9 +43,11 @@ async def test_a_store_failure_mid_stream_ends_the_response_cleanly(opened_store
     await opened_store.append("s", [b"1"], 0)
     store = FailingReads(opened_store)
     chunks: list[bytes] = []
+    written = anyio.Event()
 
     async def write(chunk: bytes) -> None:
         chunks.append(chunk)
+        written.set()
 
     loop = EventStream(
         store,  # type: ignore[arg-type]
@@ -61,8 +63,7 @@ async def test_a_store_failure_mid_stream_ends_the_response_cleanly(opened_store
         async with anyio.create_task_group() as tg:
             tg.start_soon(loop.run, write)
             # The catch-up arrives; the loop then waits live for a change.
-            while not chunks:
-                await anyio.sleep(0.01)
+            await written.wait()
             store.fail = True
             await opened_store.append("s", [b"2"], 0)
     # run() returned by itself (the task group closed) with only the catch-up written.
