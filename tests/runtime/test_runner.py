@@ -643,7 +643,7 @@ async def test_using_a_runner_outside_its_block_is_refused(anyio_backend: str) -
     runner = make_runner(new_fake(), Recorder(), ManualClock())
     with pytest.raises(RunnerNotRunning, match="async with"):
         await runner.start()
-    with pytest.raises(RunnerNotRunning):
+    with anyio.fail_after(5), pytest.raises(RunnerNotRunning):
         await runner.wait_state("streaming")
     assert runner.state == "stopped"
 

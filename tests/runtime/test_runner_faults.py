@@ -23,7 +23,7 @@ from pullwake.testing import FaultProxy
 from tests.fixtures.servers import ServerFactory, ServerProcess
 
 from .realserver import Collector, Producer, Transitions, fast_settings, wait_until
-from .waiting import wait_until_async
+from .waiting import reach, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -65,7 +65,7 @@ async def test_a_killed_server_is_noticed_at_once_and_nothing_is_lost(
     async with Producer(server.url) as producer:
         await prepare(producer)
         async with runner_for(server.url, handler, transitions, **quiet) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "before")
             await handler.wait_for(1)
             await anyio.to_thread.run_sync(server.kill)
@@ -91,7 +91,7 @@ async def test_a_gracefully_stopped_server_ends_the_stream_cleanly(
     async with Producer(server.url) as producer:
         await prepare(producer)
         async with runner_for(server.url, handler, transitions, **quiet) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await anyio.to_thread.run_sync(server.terminate)
             await transitions.wait("streaming", "stream_ended")
             # The first end; a reconnect in the moment before the server stopped listening
@@ -115,7 +115,7 @@ async def test_a_silent_server_is_noticed_by_the_read_timeout(
     async with Producer(server.url) as producer, FaultProxy("127.0.0.1", server.port) as proxy:
         await prepare(producer)
         async with runner_for(proxy.url, handler, transitions, **silent_after) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await handler.wait_for(1)
             # The stream stays open: no FIN, no RST, just nothing (a dead peer, a NAT drop).
@@ -141,7 +141,7 @@ async def test_a_frozen_server_is_noticed_by_failing_heartbeats(
     async with Producer(server.url) as producer:
         await prepare(producer)
         async with runner_for(server.url, handler, transitions, **heartbeats_only) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             server.pause()
             try:
                 await transitions.wait("streaming", "stream_reset")
@@ -249,7 +249,7 @@ async def test_a_server_that_forgot_the_runner_gets_it_registered_again(
         async with Producer(server.url) as producer:
             await prepare(producer)
             async with runner_for(server.url, handler, transitions) as runner:
-                await runner.wait_state("streaming")
+                await reach(runner, "streaming")
                 await producer.append("jobs/a", "old server")
                 await handler.wait_for(1)
                 # The server comes back on the same port with an empty database.

@@ -32,7 +32,7 @@ from .realserver import (
     is_extension,
     wait_until,
 )
-from .waiting import wait_until_async
+from .waiting import reach, wait_until_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -78,7 +78,7 @@ async def test_wakes_are_handled_end_to_end_and_a_clean_stop_shows_offline(
             ],
         )
         async with runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             for i in range(5):
                 for name in ("a", "b", "c"):
                     await producer.append(f"jobs/{name}", {"stream": name, "i": i})
@@ -119,7 +119,7 @@ async def test_a_restarted_process_resumes_without_replaying_handled_wakes(
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
         first = Collector()
         async with runner_for(server.url, first) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             for i in range(3):
                 await producer.append("jobs/a", i)
                 await first.wait_for(i + 1)
@@ -129,7 +129,7 @@ async def test_a_restarted_process_resumes_without_replaying_handled_wakes(
         # A new process: a new Runner with the same id.
         second = Collector()
         async with runner_for(server.url, second) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "after restart")
             await second.wait_for(1)
             await wait_until(lambda: runner.health()["claims_succeeded"] == 1)
@@ -157,7 +157,7 @@ async def test_wakes_queued_at_stop_are_replayed_by_the_next_process(
             await producer.stream(f"jobs/{name}")
             await producer.subscribe(name, wake_stream="wake/r1", streams=[f"jobs/{name}"])
         async with runner_for(server.url, blocking, concurrency=1, grace=0.1) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/slow", "s1")
             with anyio.fail_after(10):
                 await started.wait()
@@ -187,7 +187,7 @@ async def test_a_claim_that_gets_a_5xx_is_retried_until_it_succeeds(
         await producer.stream("jobs/a")
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
         async with runner_for(server.url, handler, transport=transport) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await handler.wait_for(1)
             await wait_until(lambda: runner.health()["claims_succeeded"] == 1)
@@ -229,7 +229,7 @@ async def test_a_lost_lease_cancels_the_handler_and_the_work_comes_back(
         await producer.stream("jobs/a")
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"], lease_ttl_ms=1000)
         async with runner_for(server.url, handler, transport=transport) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await wait_until(lambda: calls == 1)
             generation = (await producer.subscription("s"))["generation"]
@@ -265,7 +265,7 @@ async def test_stop_is_bounded_and_names_a_handler_that_ignores_cancellation(
         await producer.subscribe("stubborn", wake_stream="wake/r1", streams=["jobs/a"])
         runner = runner_for(server.url, stubborn, grace=0.2)
         async with runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await wait_until(lambda: runner.health()["handlers_active"] == 1)
             # Failure mode 8: stop returns (the bound is grace + 3 x stop_bound) and names it.
@@ -302,7 +302,7 @@ async def test_claims_and_cursors_survive_a_server_restart(
         await producer.stream("jobs/a")
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
         async with runner_for(server.url, handler) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await wait_until(lambda: handled == ["m1"])
             await producer.append("jobs/a", "m2")
@@ -313,7 +313,7 @@ async def test_claims_and_cursors_survive_a_server_restart(
             await anyio.to_thread.run_sync(server.start)
             proceed.set()
             await wait_until(lambda: runner.health()["claims_succeeded"] == 2)
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m3")
             await wait_until(lambda: handled == ["m1", "m2", "m3"])
             stats = runner.statistics().claims
@@ -332,7 +332,7 @@ async def test_a_wrong_token_stops_the_runner_with_a_clear_error_and_no_retry_lo
     runner = runner_for(server.url, Collector(), token="wrong", inspect=transitions.append)
     with pytest.raises(Rejected, match="credentials") as caught:
         async with runner:
-            await runner.wait_state("stopped")
+            await reach(runner, "stopped")
     assert caught.value.status == 401
     assert isinstance(runner.error, Rejected)
     # Failure mode 3: one attempt, then a stop; never a reconnect loop.
@@ -358,14 +358,14 @@ async def test_tokens_keep_runners_out_of_each_others_wake_streams_and_claims(
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
         # Runner r1 with its own token works.
         async with runner_for(server.url, handler, token="s1") as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await producer.append("jobs/a", "m1")
             await handler.wait_for(1)
         # Failure mode 13: r2 may not point itself at r1's wake stream ...
         intruder = runner_for(server.url, Collector(), runner_id="r2", token="s2")
         with pytest.raises(Rejected) as caught:
             async with intruder:
-                await intruder.wait_state("stopped")
+                await reach(intruder, "stopped")
         assert caught.value.status == 403
         # ... nor read it directly, nor ack a claim with a forged token.
         async with Client(server.url, token="s2") as client:
@@ -398,14 +398,14 @@ async def test_a_hundred_stops_and_starts_leak_no_task_socket_fd_or_run(
         await producer.stream("jobs/a")
         await producer.subscribe("s", wake_stream="wake/r1", streams=["jobs/a"])
         async with runner_for(server.url, handler) as runner:
-            await runner.wait_state("streaming")
+            await reach(runner, "streaming")
             await runner.stop()
             gc.collect()
             baseline = (fds(), len(anyio.get_running_tasks()))
             objects_before = (alive("Run"), alive("AsyncClient"))
             for cycle in range(100):
                 await runner.start()
-                await runner.wait_state("streaming")
+                await reach(runner, "streaming")
                 if cycle % 25 == 0:
                     await producer.append("jobs/a", cycle)
                     await handler.wait_for(cycle // 25 + 1)
@@ -420,7 +420,7 @@ async def test_a_hundred_stops_and_starts_leak_no_task_socket_fd_or_run(
         # Twenty whole runners, entered and left.
         for _ in range(20):
             async with runner_for(server.url, handler) as again:
-                await again.wait_state("streaming")
+                await reach(again, "streaming")
         gc.collect()
         final = (fds(), len(anyio.get_running_tasks()))
     assert after == baseline
