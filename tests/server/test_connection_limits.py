@@ -194,5 +194,5 @@ def test_sse_and_long_poll_outlive_every_deadline(start_server: object, backend:
             with httpx.Client(base_url=server.url, timeout=5) as writer:
                 writer.post("/v1/stream/events/a", headers=json_type, content="[42]")
             for line in lines:
-                if line.startswith("data: [42"):
+                if line.startswith("data:[42"):
                     break
