@@ -18,9 +18,10 @@ length of one run (it must outlive reconnects, and handlers get their grace at s
 The runner only *observes* the chart (its ``inspect`` hook): it logs each transition, copies
 the leaf state into the diagnostics, wakes :meth:`Runner.wait_state`, and keeps the error that
 travelled with a ``rejected`` event, to raise it. It never decides a reaction of the lifecycle
-itself. The one thing it does for its caller: when a run stops for good (``rejected``), it
-cancels the caller's ``async with`` block, whose exit then raises the error, as a task group
-does when a child fails; otherwise a program waiting in that block would wait forever.
+itself. The one thing it does for its caller: when a run stops for good (``rejected``), the
+``drain`` activity of ``stopping``, once it has drained, cancels the caller's ``async with``
+block, whose exit then raises the error, as a task group does when a child fails; otherwise a
+program waiting in that block would wait forever.
 """
 
 from __future__ import annotations
@@ -479,7 +480,12 @@ class Runner:
         async def activity(ctx: ActivityContext) -> str | Outcome | None:
             run = self._run
             assert run is not None, "an activity ran outside a run"
-            return await run.activities()[name](ctx)
+            outcome = await run.activities()[name](ctx)
+            if name == "drain" and self._error is not None and self._body is not None:
+                # A run that stopped for good (``rejected``, its error kept by _inspect) has
+                # drained: end the caller's block, whose exit raises the error.
+                self._body.cancel(reason=f"the runner stopped: {self._error}")
+            return outcome
 
         activity.__name__ = name
         return activity
@@ -490,13 +496,11 @@ class Runner:
             self.diagnostics.status = record.target[-1]
             logger.info("%s: %s", self.runner_id, describe(record))
             if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
-                # The refusal that ends this run travelled with the event: keep it to raise,
-                # and end the caller's block (what the chart does next is the chart's affair).
+                # The refusal that ends this run travelled with the event: keep it to raise
+                # (the drain activity then ends the caller's block).
                 self._error = record.error
                 self.diagnostics.record_error(str(record.error))
                 logger.error("%s: stopping: %s", self.runner_id, record.error)
-                if self._body is not None:
-                    self._body.cancel(reason=f"the runner stopped: {record.error}")
         elif record.kind == "failed":
             logger.error("%s: %s", self.runner_id, describe(record))
         else:
