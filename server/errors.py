@@ -8,13 +8,13 @@ against the classes)::
     ├── UnsupportedHttpServer       also ValueError: that HTTP server cannot run on this backend
     └── ServerError                 (status, code, message) -> JSON error body; 500 INTERNAL
         ├── MethodNotAllowed    405  a known route asked with a method it does not serve
+        ├── RequestTimeout      408  the request body did not arrive in time (--body-timeout)
         └── StoreError               what stores and handlers raise alike
             ├── BadRequest          400  INVALID_PATH, INVALID_ID, INVALID_OFFSET, ...
             ├── Unauthorized        401  malformed, forged or expired token (LEASE_EXPIRED)
             ├── Forbidden           403  a valid token that may not do this
             ├── NotFound            404  STREAM_NOT_FOUND, SUBSCRIPTION_NOT_FOUND, ...
             ├── Gone                410  a soft-deleted stream (forks still read its messages)
-            ├── RequestTimeout      408  the request body did not arrive in time (--body-timeout)
             ├── Conflict            409  ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
             ├── PayloadTooLarge     413
             ├── UnsupportedMedia    415
