@@ -340,6 +340,7 @@ class Run:
         diagnostics.stream_up()
         # The server's view of the runner (its verdict, stream_connected) follows at once.
         self.heartbeat.nudge()
+        self.ask_for_pending_work()
         try:
             async for event in connection.events():
                 diagnostics.events_received += 1
@@ -368,6 +369,21 @@ class Run:
         finally:
             diagnostics.stream_down()
             await connection.aclose()
+
+    def ask_for_pending_work(self) -> None:
+        """Try one claim per known subscription, as if each had been woken (wakes are hints).
+
+        Called each time the wake stream is (re)connected: work whose wake was missed (read
+        before a crash, sent while no runner listened, or never sent by a server that lacks
+        our registry) is claimed now rather than stranded. The claims go through the same
+        pipeline and fencing as woken ones; a 409 NO_PENDING_WORK or ALREADY_CLAIMED is the
+        usual, quiet answer. The subscriptions asked are those the runner declares or was told
+        to handle; a runner that handles every wake of its stream knows no names to ask for.
+        """
+        names = set(self.config.subscription_ids or ())
+        names.update(spec.id for spec in self.config.subscription_specs)
+        for name in sorted(names):
+            self.pipeline.submit(Wake(name))
 
     async def backoff(self, ctx: ActivityContext) -> str | None:
         """Wait the next backoff step, then move to the next server URL (module doc)."""

@@ -72,3 +72,38 @@ async def test_wakes_from_the_reference_server_are_handled_end_to_end(
     assert saved is not None
     assert second.messages() == [{"path": streams[0], "i": "new"}]
     assert skipped == 0
+
+
+async def test_messages_appended_while_no_runner_ran_are_handled_by_a_starting_runner(
+    reference_server: ReferenceServer, anyio_backend: str, tmp_path: Path
+) -> None:
+    # The reference server wakes a subscription once per pending period; a wake sent while no
+    # runner listened (or never sent) must not strand the work: the runner claims on connect.
+    tag = uuid.uuid4().hex[:8]
+    wake_stream = f"wake-{tag}/r1"
+    stream = f"jobs-{tag}/a"
+    sub_id = f"sub-{tag}"
+    handler = Collector()
+    async with Producer(reference_server.url) as producer:
+        await producer.stream(wake_stream)
+        await producer.stream(stream)
+        await producer.subscribe(sub_id, wake_stream=wake_stream, pattern=f"jobs-{tag}/*")
+        await producer.append(stream, {"i": 0}, {"i": 1}, {"i": 2})
+        runner = Runner(
+            reference_server.url,
+            runner_id=f"r2-{tag}",
+            handler=handler,
+            wake_stream=wake_stream,
+            subscriptions=[sub_id],
+            offset_store=FileOffsetStore(tmp_path / "r2.offset"),
+            # Read the wake stream from its tail: the wakes written before the start are
+            # exactly the ones a restarted runner has already read (or never got).
+            settings=fast_settings(initial_offset="now"),
+        )
+        async with runner:
+            await handler.wait_for(3)
+            await wait_until(lambda: runner.health()["claims_succeeded"] >= 1)
+            health = runner.health()
+    assert handler.messages() == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert health["wakes_received"] == 0
+    assert health["claims_failed"] == 0
