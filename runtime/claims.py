@@ -18,10 +18,16 @@ wake stream's committed offset may pass it):
   claim took the work);
 - **claimed**: the server holds our lease; the handler runs. While it runs, the lease is
   extended (an ack without ``done``) every third of ``lease_ttl``. Success acks ``done`` with
-  the snapshot's tails; a handler that raises has its claim released, and the lane pauses
-  with a growing backoff so a poison message cannot spin; an ack answered FENCED (or a refused
-  claim token) means the lease was lost: the handler is cancelled and counted in
-  ``leases_lost``;
+  the snapshot's tails; a handler that raises (or outlives ``handler_timeout``, and is
+  cancelled) has its claim released, and the lane pauses with a growing backoff; an ack
+  answered FENCED (or a refused claim token) means the lease was lost: the handler is
+  cancelled and counted in ``leases_lost``;
+- **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work (the
+  same subscription and acked offsets): the claimed messages are appended to the dead-letter
+  stream, with their stream, offsets, the error and the attempt count, and the claim is acked
+  ``done``, so the rest of the subscription flows. If that append fails the claim is released
+  as for any failure (nothing is lost; the next failure tries again). Attempts are counted in
+  memory: a restarted runner starts counting afresh (delivery stays at-least-once);
 - **failed**: a refusal that will not change (404: the subscription was deleted; other 4xx).
 
 Transient failures (network, 5xx) of the claim are retried with backoff until they succeed or
@@ -40,12 +46,13 @@ the handler: fail closed); a claim left held after the pipeline closed.
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import attrs
@@ -65,7 +72,7 @@ from .errors import (
     TransientError,
 )
 from .offsets import Ticket
-from .work import Claim, Handler, Wake
+from .work import Batch, Claim, Handler, Wake
 
 __all__ = ["ClaimPipeline", "ClaimSettings", "ClaimStatistics"]
 
@@ -86,6 +93,8 @@ class ClaimSettings:
     extend_fraction: float = attrs.field(default=1 / 3, validator=attrs.validators.gt(0))
     #: Bound, in real seconds, on one release or final ack attempt.
     request_timeout: float = 5.0
+    #: Real seconds a handler may run before it is cancelled (a failed attempt); None: no bound.
+    handler_timeout: float | None = None
 
 
 @attrs.define
@@ -99,6 +108,11 @@ class ClaimStatistics:
     claim_retries: int = 0
     handler_failures: int = 0
     leases_lost: int = 0
+    #: Handlers cancelled for running past ``handler_timeout`` (each a failed attempt).
+    handler_timeouts: int = 0
+    #: Claims whose messages went to the dead-letter stream after their last attempt.
+    dead_lettered: int = 0
+    last_dead_letter_at: str | None = None
     releases: int = 0
     released_on_stop: int = 0
     handlers_active: int = 0
@@ -156,6 +170,8 @@ class ClaimPipeline:
         statistics: ClaimStatistics | None = None,
         on_rejected: Callable[[Rejected], None] | None = None,
         rng: random.Random | None = None,
+        max_attempts: Callable[[str], int | None] | None = None,
+        dead_letter_stream: Callable[[], str | None] | None = None,
     ) -> None:
         self._client = client
         self._handler = handler
@@ -166,6 +182,14 @@ class ClaimPipeline:
         self._on_rejected = on_rejected
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        # Per subscription, the attempts allowed before dead-lettering (None: no limit).
+        self._max_attempts = max_attempts or (lambda _sub: None)
+        self._dead_letter_stream = dead_letter_stream or (lambda: None)
+        # Invariant: failed attempts per (subscription, pending streams' acked offsets); an
+        # entry goes once that work succeeded or was dead-lettered.
+        self._attempts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        # Invariant: True once the dead-letter stream was created (or confirmed) this run.
+        self._dead_letter_ready = False
         # Invariant: a lane exists for every subscription that got a wake in this pipeline.
         self._lanes: dict[str, _Lane] = {}
         self._tg: TaskGroup | None = None
@@ -388,12 +412,15 @@ class ClaimPipeline:
             self.stats.handlers_active += 1
             self.stats.last_dispatch_at = wall_time()
             outcome: Exception | None = None
+            timeout = self.settings.handler_timeout
+            timeout_scope = anyio.move_on_after(timeout)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._extend_lease, claim, name="pullwake-lease")
                     with handler_scope:
                         try:
-                            await self._handler(claim)
+                            with timeout_scope:
+                                await self._handler(claim)
                         except LeaseLost:
                             pass
                         except Exception as exc:
@@ -402,6 +429,11 @@ class ClaimPipeline:
             finally:
                 self.stats.handlers_active -= 1
                 lane.handler_scope = None
+            if timeout_scope.cancel_called and claim.lost is None and outcome is None:
+                self.stats.handler_timeouts += 1
+                outcome = TimeoutError(
+                    f"the handler ran past handler_timeout ({timeout} s) and was cancelled"
+                )
             if claim.lost is not None:
                 self.stats.leases_lost += 1
                 self._count("failed", "lease lost")
@@ -419,16 +451,27 @@ class ClaimPipeline:
                 )
                 self.stats.handler_failures += 1
                 self._count("failed", f"handler raised {type(outcome).__name__}")
-                lane.failures += 1
-                lane.not_before = self._clock.now() + self.settings.failure_backoff.delay(
-                    lane.failures - 1, self._rng
-                )
-                await self._release(claim, why="its handler raised")
-                finished = True
+                key = self._work_key(claim)
+                attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+                limit = self._max_attempts(lane.sub_id)
+                if limit is not None and attempts >= limit:
+                    finished = await self._dead_letter(lane, claim, outcome, attempts)
+                if finished:
+                    self._attempts.pop(key, None)
+                    lane.failures = 0
+                    lane.not_before = 0.0
+                else:
+                    lane.failures += 1
+                    lane.not_before = self._clock.now() + self.settings.failure_backoff.delay(
+                        lane.failures - 1, self._rng
+                    )
+                    await self._release(claim, why="its handler raised")
+                    finished = True
             else:
                 with self._cancellable(lane, "finishing"):
                     finished = await self._complete(claim)
                 if finished:
+                    self._attempts.pop(self._work_key(claim), None)
                     lane.failures = 0
                     lane.not_before = 0.0
         finally:
@@ -436,6 +479,75 @@ class ClaimPipeline:
                 await self._release(claim, why="it was never finished")
             if lane.claim is claim:
                 lane.claim = None
+
+    @staticmethod
+    def _work_key(claim: Claim) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Return what identifies the work claimed: the subscription and its pending offsets."""
+        pending = sorted((s.path, s.acked_offset) for s in claim.pending_streams)
+        return claim.subscription_id, tuple(pending)
+
+    async def _dead_letter(
+        self, lane: _Lane, claim: Claim, error: Exception, attempts: int
+    ) -> bool:
+        """Append the claimed messages to the dead-letter stream and ack ``done``; True if done.
+
+        False means the claim still needs a release: no dead-letter stream is known, the
+        append or the ack failed, or the pipeline is closing. The messages are read again
+        from the claim's acked offsets, so they are exactly what the failed attempts saw
+        (plus any appended after the snapshot that the same read returned).
+        """
+        path = self._dead_letter_stream()
+        if path is None:
+            logger.error(
+                "%s failed %d times but no dead-letter stream is known; retrying it",
+                claim.describe(),
+                attempts,
+            )
+            return False
+        text = f"{type(error).__name__}: {error}"
+        with self._cancellable(lane, "finishing") as scope:
+            try:
+                if not self._dead_letter_ready:
+                    await self._client.create_stream(path)
+                    self._dead_letter_ready = True
+                records = []
+                for state in claim.pending_streams:
+                    start = claim.acked(state.path)
+                    async for batch in claim.batches(state.path):
+                        records.append(_dead_letter_record(claim, batch, start, text, attempts))
+                        start = batch.offset
+                if records:
+                    await self._client.append(path, records)
+                await claim.acknowledge(
+                    claim.final_acks(), done=True, timeout=self.settings.request_timeout
+                )
+            except LeaseLost:
+                self.stats.leases_lost += 1
+                self._count("failed", "lease lost while dead-lettering")
+                return True
+            except RequestFailed as exc:
+                logger.error(
+                    "%s: could not move its messages to the dead-letter stream %r (%s); "
+                    "releasing the claim, the next failure tries again",
+                    claim.describe(),
+                    path,
+                    exc,
+                )
+                return False
+        if scope.cancelled_caught:
+            return False
+        self.stats.dead_lettered += 1
+        self.stats.last_dead_letter_at = wall_time()
+        self._count("failed", f"dead-lettered after {attempts} attempts")
+        logger.error(
+            "%s failed %d times (%s); its messages were moved to the dead-letter stream %r "
+            "and the claim acked",
+            claim.describe(),
+            attempts,
+            text,
+            path,
+        )
+        return True
 
     def _retry_gap(self, claim: Claim) -> float:
         """Return the longest wait between two attempts to ack or extend a held claim.
@@ -562,6 +674,37 @@ class ClaimPipeline:
         self.stats.last_claim_at = wall_time()
         self.stats.last_claim_result = f"{result}: {detail}"
 
+    def attempts(self) -> Mapping[tuple[str, tuple[tuple[str, str], ...]], int]:
+        """Return the failed attempts counted per unfinished piece of work (for diagnostics)."""
+        return dict(self._attempts)
+
     def lanes(self) -> Mapping[str, int]:
         """Return, per subscription, how many wakes wait in its lane (for diagnostics)."""
         return {sub: len(lane.queue) for sub, lane in self._lanes.items() if lane.queue}
+
+
+def _dead_letter_record(
+    claim: Claim, batch: Batch, start: str, error: str, attempts: int
+) -> dict[str, Any]:
+    """Return the dead-letter stream's record of one batch of a poisoned claim."""
+    record: dict[str, Any] = {
+        "type": "dead-letter",
+        "subscription_id": claim.subscription_id,
+        "stream": batch.stream,
+        "after_offset": start,
+        "offset": batch.offset,
+        "error": error,
+        "attempts": attempts,
+        "wake_id": claim.wake_id,
+        "generation": claim.generation,
+        "at": wall_time(),
+    }
+    if any(isinstance(m, bytes) for m in batch.messages):
+        record["encoding"] = "base64"
+        record["messages"] = [
+            base64.b64encode(m).decode("ascii") if isinstance(m, bytes) else m
+            for m in batch.messages
+        ]
+    else:
+        record["messages"] = list(batch.messages)
+    return record

@@ -458,6 +458,7 @@ class Client:
         params: Mapping[str, str] | None = None,
         bearer: str | None = None,
         timeout: float | None = None,
+        content_type: str | None = None,
     ) -> httpx.Response:
         url = self.base_url + path
         headers = self._headers(bearer)
@@ -465,6 +466,8 @@ class Client:
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         request = self._http.build_request(
             method,
             url,
@@ -562,6 +565,17 @@ class Client:
             response.headers.get("Stream-Next-Offset"),
             response.headers.get("Content-Type", ""),
         )
+
+    async def create_stream(self, path: str) -> bool:
+        """Create a JSON stream (an idempotent PUT); return True when it was created."""
+        response = await self._exchange(
+            "PUT", self._stream_path(path), content_type="application/json"
+        )
+        return response.status_code == 201
+
+    async def append(self, path: str, values: Sequence[Any]) -> None:
+        """Append JSON ``values`` to a JSON stream, each as one message."""
+        await self._exchange("POST", self._stream_path(path), json_body=list(values))
 
     async def read(self, path: str, offset: str) -> ReadChunk:
         """Read the stream after ``offset`` (a catch-up read: one chunk, no waiting)."""

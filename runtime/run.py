@@ -161,15 +161,25 @@ class Run:
             transport=config.transport,
             ssl_context=config.ssl_context,
         )
+        claim_settings = attrs.evolve(settings.claims, concurrency=config.concurrency)
+        if settings.handler_timeout is not None:
+            claim_settings = attrs.evolve(claim_settings, handler_timeout=settings.handler_timeout)
+        limits = {
+            spec.id: spec.max_attempts
+            for spec in config.subscription_specs
+            if spec.max_attempts is not None
+        }
         self.pipeline = ClaimPipeline(
             self.client,
             config.handler,
             worker=config.runner_id,
-            settings=attrs.evolve(settings.claims, concurrency=config.concurrency),
+            settings=claim_settings,
             clock=clock,
             statistics=counters.claims,
             on_rejected=on_rejected,
             rng=rng,
+            max_attempts=lambda sub_id: limits.get(sub_id, settings.max_attempts),
+            dead_letter_stream=self.dead_letter_stream,
         )
         self.heartbeat = Heartbeat(
             self,
@@ -225,6 +235,15 @@ class Run:
     @property
     def wake_stream(self) -> str | None:
         return self._wake_stream
+
+    def dead_letter_stream(self) -> str | None:
+        """Return the stream poisoned messages go to (None while no wake stream is known)."""
+        configured = self.config.settings.dead_letter_stream
+        if configured is not None:
+            return configured
+        if self._wake_stream is None:
+            return None
+        return self._wake_stream.rstrip("/") + "/dead-letter"
 
     async def ensure_registered(self) -> None:
         """Register with the server once per run (again after forget_registration())."""
