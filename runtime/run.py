@@ -58,6 +58,8 @@ from .diagnostics import Diagnostics
 from .errors import (
     Conflict,
     NotFound,
+    ProtocolViolation,
+    Refused,
     Rejected,
     RequestFailed,
     RunnerError,
@@ -314,6 +316,36 @@ class Run:
             logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
         return self.cursor
 
+    async def open_wake_stream(self, cursor: WakeCursor) -> WakeStreamConnection:
+        """Open the wake stream; create it first if it does not exist and the server lets us.
+
+        A missing wake stream never turns into a retry loop: it is created (an idempotent PUT
+        of a JSON stream), or the run stops with an error that says how to create it.
+        """
+        path = self._wake_stream
+        assert path is not None
+        try:
+            return await self.client.open_wake_stream(path, cursor.read)
+        except NotFound as missing:
+            where = self.client.base_url
+            how = (
+                f"create it (pullwake stream create {path} --content-type application/json "
+                f"--url {where}) or pass the wake_stream=... of an existing one"
+            )
+            if not self.config.settings.create_wake_stream:
+                raise RunnerError(
+                    f"the wake stream {path!r} does not exist on {where}: {how}"
+                ) from missing
+            try:
+                await self.client.create_stream(path)
+            except (Refused, ProtocolViolation) as refused:
+                raise RunnerError(
+                    f"the wake stream {path!r} does not exist on {where}, and creating it was "
+                    f"refused ({describe_failure(refused)}): {how}"
+                ) from missing
+            logger.info("%s: created the wake stream %r on %s", self.runner_id, path, where)
+        return await self.client.open_wake_stream(path, cursor.read)
+
     async def close(self) -> None:
         """Close what the run holds (idempotent): the slot's response and the HTTP client."""
         if self.closed:
@@ -330,8 +362,7 @@ class Run:
         self.diagnostics.server = self.client.base_url
         try:
             cursor = await self.ensure_ready()
-            assert self._wake_stream is not None
-            connection = await self.client.open_wake_stream(self._wake_stream, cursor.read)
+            connection = await self.open_wake_stream(cursor)
         except (Rejected, RunnerError, Conflict) as exc:
             # Refused credentials, or a configuration the server will never accept as is:
             # stop with a clear error.

@@ -119,6 +119,10 @@ class RunnerSettings:
     exit_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Where a runner with no saved offset starts reading its wake stream.
     initial_offset: str = START_OFFSET
+    #: Create the wake stream (an idempotent PUT of a JSON stream) when it does not exist;
+    #: ``False``, or a server that refuses the PUT, stops the runner with an error that says
+    #: how to create it. A missing wake stream is never retried in a loop.
+    create_wake_stream: bool = True
     #: Failed handler attempts on the same work (a subscription at the same acked offsets)
     #: before its messages go to the dead-letter stream and the claim is acked; ``None``
     #: retries forever. Counted in memory: a restart counts afresh. A subscription's

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from pullwake.runtime import Claim, Runner, SubscriptionSpec
+from pullwake.runtime import Claim, Runner, RunnerError, SubscriptionSpec
 from tests.fixtures.servers import ServerFactory, ServerProcess
 
 from .realserver import Collector, Producer, fast_settings, wait_until
@@ -152,3 +152,35 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_counts_as_a_failed_at
     assert [letter["messages"] for letter in letters] == [[{"slow": 1}]]
     assert "TimeoutError" in letters[0]["error"]
     assert any("handler_timeout" in problem for problem in health["problems"])
+
+
+async def test_a_missing_wake_stream_is_created_as_a_json_stream(
+    server: ServerProcess, anyio_backend: str
+) -> None:
+    handler = Collector()
+    async with Producer(server.url) as producer:
+        await producer.stream("jobs/a")
+        await producer.subscribe("jobs", wake_stream="wake/r1", pattern="jobs/*")
+        with anyio.fail_after(20):
+            async with runner_for(server.url, handler, wake_stream="wake/fresh") as runner:
+                await runner.wait_state("streaming")
+                head = await producer.http.head("/v1/stream/wake/fresh")
+                health = runner.health()
+    assert head.status_code == 200
+    assert head.headers["content-type"].startswith("application/json")
+    assert health["reconnect_count"] == 0
+
+
+async def test_a_missing_wake_stream_it_may_not_create_stops_the_runner_saying_how_to(
+    server: ServerProcess, anyio_backend: str
+) -> None:
+    settings = fast_settings(create_wake_stream=False)
+    runner = runner_for(server.url, Collector(), wake_stream="wake/absent", settings=settings)
+    with anyio.fail_after(20):
+        with pytest.raises(RunnerError) as caught:
+            async with runner:
+                await anyio.sleep_forever()
+    text = str(caught.value)
+    assert "'wake/absent' does not exist" in text
+    assert "pullwake stream create wake/absent --content-type application/json" in text
+    assert runner.statistics().reconnects == 0
