@@ -71,7 +71,9 @@ async def test_wakes_from_the_reference_server_are_handled_end_to_end(
     assert health["claims_failed"] == 0
     assert saved is not None
     assert second.messages() == [{"path": streams[0], "i": "new"}]
-    assert skipped == 0
+    # At most the claim made on connect (wakes are hints) found nothing pending; replaying the
+    # first run's wakes from the start would skip once more for each of them.
+    assert skipped <= 1
 
 
 async def test_messages_appended_while_no_runner_ran_are_handled_by_a_starting_runner(
