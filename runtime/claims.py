@@ -94,7 +94,9 @@ class ClaimSettings:
     #: Bound, in real seconds, on one release or final ack attempt.
     request_timeout: float = 5.0
     #: Real seconds a handler may run before it is cancelled (a failed attempt); None: no bound.
-    handler_timeout: float | None = None
+    handler_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
 
 
 @attrs.define
@@ -538,7 +540,8 @@ class ClaimPipeline:
             return False
         self.stats.dead_lettered += 1
         self.stats.last_dead_letter_at = wall_time()
-        self._count("failed", f"dead-lettered after {attempts} attempts")
+        # The failure is counted in claims_failed already; this says how it ended.
+        self.stats.last_claim_result = f"dead-lettered after {attempts} attempts"
         logger.error(
             "%s failed %d times (%s); its messages were moved to the dead-letter stream %r "
             "and the claim acked",
