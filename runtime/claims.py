@@ -22,12 +22,15 @@ wake stream's committed offset may pass it):
   cancelled) has its claim released, and the lane pauses with a growing backoff; an ack
   answered FENCED (or a refused claim token) means the lease was lost: the handler is
   cancelled and counted in ``leases_lost``;
-- **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work (the
-  same subscription and acked offsets): the claimed messages are appended to the dead-letter
-  stream, with their stream, offsets, the error and the attempt count, and the claim is acked
-  ``done``, so the rest of the subscription flows. If that append fails the claim is released
-  as for any failure (nothing is lost; the next failure tries again). Attempts are counted in
-  memory: a restarted runner starts counting afresh (delivery stays at-least-once);
+- **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work.
+  Attempts are counted per (subscription, stream, acked offset): per first pending offset of
+  each claimed stream, so traffic on another stream of the subscription does not reset them.
+  The claimed messages of each stream at the limit are appended to the dead-letter stream,
+  with their stream, offsets, the error and the attempt count, and acked; the claim is acked
+  ``done`` when that was all of it, else released (the other streams come back), so the rest
+  of the subscription flows. If the append fails the claim is released as for any failure
+  (nothing is lost; the next failure tries again). Attempts are counted in memory: a
+  restarted runner starts counting afresh (delivery stays at-least-once);
 - **failed**: a refusal that will not change (404: the subscription was deleted; other 4xx).
 
 Transient failures (network, 5xx) of the claim are retried with backoff until they succeed or
@@ -59,7 +62,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from .backoff import Backoff
-from .client import ClaimGrant, Client
+from .client import ClaimGrant, Client, StreamState
 from .clock import Clock, SystemClock, wall_time
 from .errors import (
     AlreadyClaimed,
@@ -187,9 +190,9 @@ class ClaimPipeline:
         # Per subscription, the attempts allowed before dead-lettering (None: no limit).
         self._max_attempts = max_attempts or (lambda _sub: None)
         self._dead_letter_stream = dead_letter_stream or (lambda: None)
-        # Invariant: failed attempts per (subscription, pending streams' acked offsets); an
-        # entry goes once that work succeeded or was dead-lettered.
-        self._attempts: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        # Invariant: failed attempts per (subscription, stream, acked offset); an entry goes
+        # once its subscription's claim succeeded or the stream's messages were dead-lettered.
+        self._attempts: dict[tuple[str, str, str], int] = {}
         # Invariant: True once the dead-letter stream was created (or confirmed) this run.
         self._dead_letter_ready = False
         # Invariant: a lane exists for every subscription that got a wake in this pipeline.
@@ -453,13 +456,16 @@ class ClaimPipeline:
                 )
                 self.stats.handler_failures += 1
                 self._count("failed", f"handler raised {type(outcome).__name__}")
-                key = self._work_key(claim)
-                attempts = self._attempts[key] = self._attempts.get(key, 0) + 1
+                counts = self._count_attempt(claim)
                 limit = self._max_attempts(lane.sub_id)
-                if limit is not None and attempts >= limit:
-                    finished = await self._dead_letter(lane, claim, outcome, attempts)
+                poisoned = [
+                    state
+                    for state in claim.pending_streams
+                    if limit is not None and counts[state.path] >= limit
+                ]
+                if poisoned:
+                    finished = await self._dead_letter(lane, claim, outcome, poisoned, counts)
                 if finished:
-                    self._attempts.pop(key, None)
                     lane.failures = 0
                     lane.not_before = 0.0
                 else:
@@ -473,7 +479,7 @@ class ClaimPipeline:
                 with self._cancellable(lane, "finishing"):
                     finished = await self._complete(claim)
                 if finished:
-                    self._attempts.pop(self._work_key(claim), None)
+                    self._forget_attempts(lane.sub_id)
                     lane.failures = 0
                     lane.not_before = 0.0
         finally:
@@ -482,47 +488,66 @@ class ClaimPipeline:
             if lane.claim is claim:
                 lane.claim = None
 
-    @staticmethod
-    def _work_key(claim: Claim) -> tuple[str, tuple[tuple[str, str], ...]]:
-        """Return what identifies the work claimed: the subscription and its pending offsets."""
-        pending = sorted((s.path, s.acked_offset) for s in claim.pending_streams)
-        return claim.subscription_id, tuple(pending)
+    def _count_attempt(self, claim: Claim) -> dict[str, int]:
+        """Count a failed attempt on each pending stream of ``claim``; return the counts."""
+        counts = {}
+        for state in claim.pending_streams:
+            key = (claim.subscription_id, state.path, state.acked_offset)
+            counts[state.path] = self._attempts[key] = self._attempts.get(key, 0) + 1
+        return counts
+
+    def _forget_attempts(self, sub_id: str, paths: frozenset[str] | None = None) -> None:
+        """Drop the counts of ``sub_id`` (of its ``paths`` only, if given): that work is over."""
+        for key in [k for k in self._attempts if k[0] == sub_id]:
+            if paths is None or key[1] in paths:
+                del self._attempts[key]
 
     async def _dead_letter(
-        self, lane: _Lane, claim: Claim, error: Exception, attempts: int
+        self,
+        lane: _Lane,
+        claim: Claim,
+        error: Exception,
+        poisoned: list[StreamState],
+        counts: Mapping[str, int],
     ) -> bool:
-        """Append the claimed messages to the dead-letter stream and ack ``done``; True if done.
+        """Move the ``poisoned`` streams' messages to the dead-letter stream; True if finished.
 
-        False means the claim still needs a release: no dead-letter stream is known, the
+        Their messages go to the dead-letter stream and are acked; when they were all the
+        claim's pending streams the claim is acked ``done`` (True). False means the claim
+        still needs a release: other streams remain, no dead-letter stream is known, the
         append or the ack failed, or the pipeline is closing. The messages are read again
-        from the claim's acked offsets, so they are exactly what the failed attempts saw
-        (plus any appended after the snapshot that the same read returned).
+        from the claim's acked offsets, so they are what the failed attempts saw (plus any
+        appended after the snapshot that the same read returned).
         """
         path = self._dead_letter_stream()
         if path is None:
             logger.error(
                 "%s failed %d times but no dead-letter stream is known; retrying it",
                 claim.describe(),
-                attempts,
+                max(counts.values()),
             )
             return False
         text = f"{type(error).__name__}: {error}"
+        paths = frozenset(state.path for state in poisoned)
+        whole = paths == frozenset(state.path for state in claim.pending_streams)
         with self._cancellable(lane, "finishing") as scope:
             try:
                 if not self._dead_letter_ready:
                     await self._client.create_stream(path)
                     self._dead_letter_ready = True
                 records = []
-                for state in claim.pending_streams:
+                for state in poisoned:
                     start = claim.acked(state.path)
+                    attempts = counts[state.path]
                     async for batch in claim.batches(state.path):
                         records.append(_dead_letter_record(claim, batch, start, text, attempts))
                         start = batch.offset
                 if records:
                     await self._client.append(path, records)
-                await claim.acknowledge(
-                    claim.final_acks(), done=True, timeout=self.settings.request_timeout
-                )
+                acks = [
+                    (stream, offset) for stream, offset in claim.final_acks() if stream in paths
+                ]
+                await claim.acknowledge(acks, done=whole, timeout=self.settings.request_timeout)
             except LeaseLost:
                 self.stats.leases_lost += 1
                 self._count("failed", "lease lost while dead-lettering")
@@ -538,19 +563,21 @@ class ClaimPipeline:
                 return False
         if scope.cancelled_caught:
             return False
+        self._forget_attempts(claim.subscription_id, paths)
         self.stats.dead_lettered += 1
         self.stats.last_dead_letter_at = wall_time()
         # The failure is counted in claims_failed already; this says how it ended.
-        self.stats.last_claim_result = f"dead-lettered after {attempts} attempts"
+        self.stats.last_claim_result = f"dead-lettered after {max(counts.values())} attempts"
         logger.error(
-            "%s failed %d times (%s); its messages were moved to the dead-letter stream %r "
-            "and the claim acked",
+            "%s failed %d times (%s); the messages of %s were moved to the dead-letter stream "
+            "%r and acked",
             claim.describe(),
-            attempts,
+            max(counts.values()),
             text,
+            ", ".join(sorted(paths)),
             path,
         )
-        return True
+        return whole
 
     def _retry_gap(self, claim: Claim) -> float:
         """Return the longest wait between two attempts to ack or extend a held claim.
@@ -677,8 +704,8 @@ class ClaimPipeline:
         self.stats.last_claim_at = wall_time()
         self.stats.last_claim_result = f"{result}: {detail}"
 
-    def attempts(self) -> Mapping[tuple[str, tuple[tuple[str, str], ...]], int]:
-        """Return the failed attempts counted per unfinished piece of work (for diagnostics)."""
+    def attempts(self) -> Mapping[tuple[str, str, str], int]:
+        """Return the failed attempts per (subscription, stream, acked offset) still counted."""
         return dict(self._attempts)
 
     def lanes(self) -> Mapping[str, int]:

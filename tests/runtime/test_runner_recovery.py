@@ -184,3 +184,32 @@ async def test_a_missing_wake_stream_it_may_not_create_stops_the_runner_saying_h
     assert "'wake/absent' does not exist" in text
     assert "pullwake stream create wake/absent --content-type application/json" in text
     assert runner.statistics().reconnects == 0
+
+
+async def test_only_the_stream_that_kept_failing_is_dead_lettered_and_the_others_flow(
+    server: ServerProcess, anyio_backend: str
+) -> None:
+    handler = Picky()
+    spec = SubscriptionSpec("jobs", pattern="jobs/*", max_attempts=3)
+    async with Producer(server.url) as producer:
+        await producer.stream("wake/r1")
+        await producer.stream("jobs/a")
+        await producer.stream("jobs/b")
+        with anyio.fail_after(30):
+            async with runner_for(server.url, handler, subscriptions=[spec]) as runner:
+                await runner.wait_state("streaming")
+                await producer.append("jobs/a", {"poison": True})
+                await wait_until(lambda: handler.failures >= 1)
+                # jobs/b becomes pending later: its attempts start later, so it is not
+                # dead-lettered with jobs/a, and nothing resets the count of jobs/a.
+                await producer.append("jobs/b", {"good": 1})
+                await handler.wait_for(1)
+                await wait_until(lambda: runner.health()["handlers_active"] == 0)
+                health = runner.health()
+            letters = await read_all(producer, "wake/r1/dead-letter")
+    assert [(letter["stream"], letter["messages"]) for letter in letters] == [
+        ("jobs/a", [{"poison": True}])
+    ]
+    assert handler.messages() == [{"good": 1}]
+    assert handler.failures == 3
+    assert health["dead_lettered"] == 1
