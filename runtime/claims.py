@@ -18,10 +18,19 @@ wake stream's committed offset may pass it):
   claim took the work);
 - **claimed**: the server holds our lease; the handler runs. While it runs, the lease is
   extended (an ack without ``done``) every third of ``lease_ttl``. Success acks ``done`` with
-  the snapshot's tails; a handler that raises has its claim released, and the lane pauses
-  with a growing backoff so a poison message cannot spin; an ack answered FENCED (or a refused
-  claim token) means the lease was lost: the handler is cancelled and counted in
-  ``leases_lost``;
+  the snapshot's tails; a handler that raises (or outlives ``handler_timeout``, and is
+  cancelled) has its claim released, and the lane pauses with a growing backoff; an ack
+  answered FENCED (or a refused claim token) means the lease was lost: the handler is
+  cancelled and counted in ``leases_lost``;
+- **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work.
+  Attempts are counted per (subscription, stream, acked offset): per first pending offset of
+  each claimed stream, so traffic on another stream of the subscription does not reset them.
+  The claimed messages of each stream at the limit are appended to the dead-letter stream,
+  with their stream, offsets, the error and the attempt count, and acked; the claim is acked
+  ``done`` when that was all of it, else released (the other streams come back), so the rest
+  of the subscription flows. If the append fails the claim is released as for any failure
+  (nothing is lost; the next failure tries again). Attempts are counted in memory: a
+  restarted runner starts counting afresh (delivery stays at-least-once);
 - **failed**: a refusal that will not change (404: the subscription was deleted; other 4xx).
 
 Transient failures (network, 5xx) of the claim are retried with backoff until they succeed or
@@ -40,19 +49,20 @@ the handler: fail closed); a claim left held after the pipeline closed.
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from .backoff import Backoff
-from .client import ClaimGrant, Client
+from .client import ClaimGrant, Client, StreamState
 from .clock import Clock, SystemClock, wall_time
 from .errors import (
     AlreadyClaimed,
@@ -65,7 +75,7 @@ from .errors import (
     TransientError,
 )
 from .offsets import Ticket
-from .work import Claim, Handler, Wake
+from .work import Batch, Claim, Handler, Wake
 
 __all__ = ["ClaimPipeline", "ClaimSettings", "ClaimStatistics"]
 
@@ -86,6 +96,10 @@ class ClaimSettings:
     extend_fraction: float = attrs.field(default=1 / 3, validator=attrs.validators.gt(0))
     #: Bound, in real seconds, on one release or final ack attempt.
     request_timeout: float = 5.0
+    #: Real seconds a handler may run before it is cancelled (a failed attempt); None: no bound.
+    handler_timeout: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.gt(0))
+    )
 
 
 @attrs.define
@@ -99,6 +113,11 @@ class ClaimStatistics:
     claim_retries: int = 0
     handler_failures: int = 0
     leases_lost: int = 0
+    #: Handlers cancelled for running past ``handler_timeout`` (each a failed attempt).
+    handler_timeouts: int = 0
+    #: Claims whose messages went to the dead-letter stream after their last attempt.
+    dead_lettered: int = 0
+    last_dead_letter_at: str | None = None
     releases: int = 0
     released_on_stop: int = 0
     handlers_active: int = 0
@@ -156,6 +175,8 @@ class ClaimPipeline:
         statistics: ClaimStatistics | None = None,
         on_rejected: Callable[[Rejected], None] | None = None,
         rng: random.Random | None = None,
+        max_attempts: Callable[[str], int | None] | None = None,
+        dead_letter_stream: Callable[[], str | None] | None = None,
     ) -> None:
         self._client = client
         self._handler = handler
@@ -166,6 +187,14 @@ class ClaimPipeline:
         self._on_rejected = on_rejected
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        # Per subscription, the attempts allowed before dead-lettering (None: no limit).
+        self._max_attempts = max_attempts or (lambda _sub: None)
+        self._dead_letter_stream = dead_letter_stream or (lambda: None)
+        # Invariant: failed attempts per (subscription, stream, acked offset); an entry goes
+        # once its subscription's claim succeeded or the stream's messages were dead-lettered.
+        self._attempts: dict[tuple[str, str, str], int] = {}
+        # Invariant: True once the dead-letter stream was created (or confirmed) this run.
+        self._dead_letter_ready = False
         # Invariant: a lane exists for every subscription that got a wake in this pipeline.
         self._lanes: dict[str, _Lane] = {}
         self._tg: TaskGroup | None = None
@@ -388,12 +417,15 @@ class ClaimPipeline:
             self.stats.handlers_active += 1
             self.stats.last_dispatch_at = wall_time()
             outcome: Exception | None = None
+            timeout = self.settings.handler_timeout
+            timeout_scope = anyio.move_on_after(timeout)
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._extend_lease, claim, name="pullwake-lease")
                     with handler_scope:
                         try:
-                            await self._handler(claim)
+                            with timeout_scope:
+                                await self._handler(claim)
                         except LeaseLost:
                             pass
                         except Exception as exc:
@@ -402,6 +434,11 @@ class ClaimPipeline:
             finally:
                 self.stats.handlers_active -= 1
                 lane.handler_scope = None
+            if timeout_scope.cancel_called and claim.lost is None and outcome is None:
+                self.stats.handler_timeouts += 1
+                outcome = TimeoutError(
+                    f"the handler ran past handler_timeout ({timeout} s) and was cancelled"
+                )
             if claim.lost is not None:
                 self.stats.leases_lost += 1
                 self._count("failed", "lease lost")
@@ -419,16 +456,30 @@ class ClaimPipeline:
                 )
                 self.stats.handler_failures += 1
                 self._count("failed", f"handler raised {type(outcome).__name__}")
-                lane.failures += 1
-                lane.not_before = self._clock.now() + self.settings.failure_backoff.delay(
-                    lane.failures - 1, self._rng
-                )
-                await self._release(claim, why="its handler raised")
-                finished = True
+                counts = self._count_attempt(claim)
+                limit = self._max_attempts(lane.sub_id)
+                poisoned = [
+                    state
+                    for state in claim.pending_streams
+                    if limit is not None and counts[state.path] >= limit
+                ]
+                if poisoned:
+                    finished = await self._dead_letter(lane, claim, outcome, poisoned, counts)
+                if finished:
+                    lane.failures = 0
+                    lane.not_before = 0.0
+                else:
+                    lane.failures += 1
+                    lane.not_before = self._clock.now() + self.settings.failure_backoff.delay(
+                        lane.failures - 1, self._rng
+                    )
+                    await self._release(claim, why="its handler raised")
+                    finished = True
             else:
                 with self._cancellable(lane, "finishing"):
                     finished = await self._complete(claim)
                 if finished:
+                    self._forget_attempts(lane.sub_id)
                     lane.failures = 0
                     lane.not_before = 0.0
         finally:
@@ -436,6 +487,97 @@ class ClaimPipeline:
                 await self._release(claim, why="it was never finished")
             if lane.claim is claim:
                 lane.claim = None
+
+    def _count_attempt(self, claim: Claim) -> dict[str, int]:
+        """Count a failed attempt on each pending stream of ``claim``; return the counts."""
+        counts = {}
+        for state in claim.pending_streams:
+            key = (claim.subscription_id, state.path, state.acked_offset)
+            counts[state.path] = self._attempts[key] = self._attempts.get(key, 0) + 1
+        return counts
+
+    def _forget_attempts(self, sub_id: str, paths: frozenset[str] | None = None) -> None:
+        """Drop the counts of ``sub_id`` (of its ``paths`` only, if given): that work is over."""
+        for key in [k for k in self._attempts if k[0] == sub_id]:
+            if paths is None or key[1] in paths:
+                del self._attempts[key]
+
+    async def _dead_letter(
+        self,
+        lane: _Lane,
+        claim: Claim,
+        error: Exception,
+        poisoned: list[StreamState],
+        counts: Mapping[str, int],
+    ) -> bool:
+        """Move the ``poisoned`` streams' messages to the dead-letter stream; True if finished.
+
+        Their messages go to the dead-letter stream and are acked; when they were all the
+        claim's pending streams the claim is acked ``done`` (True). False means the claim
+        still needs a release: other streams remain, no dead-letter stream is known, the
+        append or the ack failed, or the pipeline is closing. The messages are read again
+        from the claim's acked offsets, so they are what the failed attempts saw (plus any
+        appended after the snapshot that the same read returned).
+        """
+        path = self._dead_letter_stream()
+        if path is None:
+            logger.error(
+                "%s failed %d times but no dead-letter stream is known; retrying it",
+                claim.describe(),
+                max(counts.values()),
+            )
+            return False
+        text = f"{type(error).__name__}: {error}"
+        paths = frozenset(state.path for state in poisoned)
+        whole = paths == frozenset(state.path for state in claim.pending_streams)
+        with self._cancellable(lane, "finishing") as scope:
+            try:
+                if not self._dead_letter_ready:
+                    await self._client.create_stream(path)
+                    self._dead_letter_ready = True
+                records = []
+                for state in poisoned:
+                    start = claim.acked(state.path)
+                    attempts = counts[state.path]
+                    async for batch in claim.batches(state.path):
+                        records.append(_dead_letter_record(claim, batch, start, text, attempts))
+                        start = batch.offset
+                if records:
+                    await self._client.append(path, records)
+                acks = [
+                    (stream, offset) for stream, offset in claim.final_acks() if stream in paths
+                ]
+                await claim.acknowledge(acks, done=whole, timeout=self.settings.request_timeout)
+            except LeaseLost:
+                self.stats.leases_lost += 1
+                self._count("failed", "lease lost while dead-lettering")
+                return True
+            except RequestFailed as exc:
+                logger.error(
+                    "%s: could not move its messages to the dead-letter stream %r (%s); "
+                    "releasing the claim, the next failure tries again",
+                    claim.describe(),
+                    path,
+                    exc,
+                )
+                return False
+        if scope.cancelled_caught:
+            return False
+        self._forget_attempts(claim.subscription_id, paths)
+        self.stats.dead_lettered += 1
+        self.stats.last_dead_letter_at = wall_time()
+        # The failure is counted in claims_failed already; this says how it ended.
+        self.stats.last_claim_result = f"dead-lettered after {max(counts.values())} attempts"
+        logger.error(
+            "%s failed %d times (%s); the messages of %s were moved to the dead-letter stream "
+            "%r and acked",
+            claim.describe(),
+            max(counts.values()),
+            text,
+            ", ".join(sorted(paths)),
+            path,
+        )
+        return whole
 
     def _retry_gap(self, claim: Claim) -> float:
         """Return the longest wait between two attempts to ack or extend a held claim.
@@ -562,6 +704,37 @@ class ClaimPipeline:
         self.stats.last_claim_at = wall_time()
         self.stats.last_claim_result = f"{result}: {detail}"
 
+    def attempts(self) -> Mapping[tuple[str, str, str], int]:
+        """Return the failed attempts per (subscription, stream, acked offset) still counted."""
+        return dict(self._attempts)
+
     def lanes(self) -> Mapping[str, int]:
         """Return, per subscription, how many wakes wait in its lane (for diagnostics)."""
         return {sub: len(lane.queue) for sub, lane in self._lanes.items() if lane.queue}
+
+
+def _dead_letter_record(
+    claim: Claim, batch: Batch, start: str, error: str, attempts: int
+) -> dict[str, Any]:
+    """Return the dead-letter stream's record of one batch of a poisoned claim."""
+    record: dict[str, Any] = {
+        "type": "dead-letter",
+        "subscription_id": claim.subscription_id,
+        "stream": batch.stream,
+        "after_offset": start,
+        "offset": batch.offset,
+        "error": error,
+        "attempts": attempts,
+        "wake_id": claim.wake_id,
+        "generation": claim.generation,
+        "at": wall_time(),
+    }
+    if any(isinstance(m, bytes) for m in batch.messages):
+        record["encoding"] = "base64"
+        record["messages"] = [
+            base64.b64encode(m).decode("ascii") if isinstance(m, bytes) else m
+            for m in batch.messages
+        ]
+    else:
+        record["messages"] = list(batch.messages)
+    return record

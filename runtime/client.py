@@ -200,7 +200,11 @@ def map_http_errors(method: str, url: str) -> Iterator[None]:
         ) from exc
 
 
-def _error_body(content: bytes) -> tuple[dict[str, Any], str | None, str]:
+def _error_body(content: bytes, content_type: str = "") -> tuple[dict[str, Any], str | None, str]:
+    kind = content_type.split(";")[0].strip().lower()
+    if kind in ("text/html", "application/xhtml+xml") or content.lstrip()[:1] == b"<":
+        # A web page (a proxy, a web server, a wrong URL): name it, never paste it.
+        return {}, None, f"a {kind or 'markup'} page, not a Durable Streams answer (wrong URL?)"
     try:
         decoded = json.loads(content) if content else {}
     except ValueError:
@@ -214,11 +218,13 @@ def _error_body(content: bytes) -> tuple[dict[str, Any], str | None, str]:
     return error, code if isinstance(code, str) else None, str(message or "")
 
 
-def raise_for_answer(method: str, url: str, status: int, content: bytes) -> None:
+def raise_for_answer(
+    method: str, url: str, status: int, content: bytes, content_type: str = ""
+) -> None:
     """Raise the error an answer means; return for a 2xx answer."""
     if 200 <= status < 300:
         return
-    body, code, detail = _error_body(content)
+    body, code, detail = _error_body(content, content_type)
     said = f"{status} {code or ''}".strip() + (f": {detail}" if detail else "")
     fields: dict[str, Any] = {"method": method, "url": url, "status": status, "code": code}
     if status >= 500:
@@ -458,6 +464,7 @@ class Client:
         params: Mapping[str, str] | None = None,
         bearer: str | None = None,
         timeout: float | None = None,
+        content_type: str | None = None,
     ) -> httpx.Response:
         url = self.base_url + path
         headers = self._headers(bearer)
@@ -465,6 +472,8 @@ class Client:
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         request = self._http.build_request(
             method,
             url,
@@ -481,7 +490,13 @@ class Client:
             request.stream = _RequestBody(content)
         with map_http_errors(method, url):
             response = await self._http.send(request)
-        raise_for_answer(method, url, response.status_code, response.content)
+        raise_for_answer(
+            method,
+            url,
+            response.status_code,
+            response.content,
+            response.headers.get("Content-Type", ""),
+        )
         return response
 
     @staticmethod
@@ -563,6 +578,17 @@ class Client:
             response.headers.get("Content-Type", ""),
         )
 
+    async def create_stream(self, path: str) -> bool:
+        """Create a JSON stream (an idempotent PUT); return True when it was created."""
+        response = await self._exchange(
+            "PUT", self._stream_path(path), content_type="application/json"
+        )
+        return response.status_code == 201
+
+    async def append(self, path: str, values: Sequence[Any]) -> None:
+        """Append JSON ``values`` to a JSON stream, each as one message."""
+        await self._exchange("POST", self._stream_path(path), json_body=list(values))
+
     async def read(self, path: str, offset: str) -> ReadChunk:
         """Read the stream after ``offset`` (a catch-up read: one chunk, no waiting)."""
         url_path = self._stream_path(path)
@@ -606,7 +632,13 @@ class Client:
             if response.status_code != 200:
                 with map_http_errors("GET", url):
                     content = await response.aread()
-                raise_for_answer("GET", url, response.status_code, content)
+                raise_for_answer(
+                    "GET",
+                    url,
+                    response.status_code,
+                    content,
+                    response.headers.get("Content-Type", ""),
+                )
                 _violation("GET", url, f"live=sse answered {response.status_code}, not 200")
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
             if content_type != "text/event-stream":

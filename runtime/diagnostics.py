@@ -66,8 +66,16 @@ class Diagnostics:
 
     def report(self, claims: ClaimStatistics, offset: str | None) -> dict[str, Any]:
         """Return the flat JSON object sent in heartbeats and returned by ``health()``."""
+        problems = self.problems()
+        if claims.dead_lettered:
+            problems.append(
+                f"{claims.dead_lettered} claim(s) moved to the dead-letter stream after their "
+                f"last attempt (latest at {claims.last_dead_letter_at})"
+            )
+        if claims.handler_timeouts:
+            problems.append(f"{claims.handler_timeouts} handler(s) cancelled at handler_timeout")
         return {
-            "problems": self.problems(),
+            "problems": problems,
             "status": self.status,
             "started_at": self.started_at,
             "stream_connected": self.stream_connected,
@@ -88,6 +96,10 @@ class Diagnostics:
             "claims_failed": claims.claims_failed,
             "claim_retries": claims.claim_retries,
             "leases_lost": claims.leases_lost,
+            "handler_failures": claims.handler_failures,
+            "handler_timeouts": claims.handler_timeouts,
+            "dead_lettered": claims.dead_lettered,
+            "last_dead_letter_at": claims.last_dead_letter_at,
             "handlers_active": claims.handlers_active,
             "wakes_queued": claims.wakes_queued,
             "offset": offset,

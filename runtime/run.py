@@ -58,6 +58,8 @@ from .diagnostics import Diagnostics
 from .errors import (
     Conflict,
     NotFound,
+    ProtocolViolation,
+    Refused,
     Rejected,
     RequestFailed,
     RunnerError,
@@ -161,15 +163,25 @@ class Run:
             transport=config.transport,
             ssl_context=config.ssl_context,
         )
+        claim_settings = attrs.evolve(settings.claims, concurrency=config.concurrency)
+        if settings.handler_timeout is not None:
+            claim_settings = attrs.evolve(claim_settings, handler_timeout=settings.handler_timeout)
+        limits = {
+            spec.id: spec.max_attempts
+            for spec in config.subscription_specs
+            if spec.max_attempts is not None
+        }
         self.pipeline = ClaimPipeline(
             self.client,
             config.handler,
             worker=config.runner_id,
-            settings=attrs.evolve(settings.claims, concurrency=config.concurrency),
+            settings=claim_settings,
             clock=clock,
             statistics=counters.claims,
             on_rejected=on_rejected,
             rng=rng,
+            max_attempts=lambda sub_id: limits.get(sub_id, settings.max_attempts),
+            dead_letter_stream=self.dead_letter_stream,
         )
         self.heartbeat = Heartbeat(
             self,
@@ -225,6 +237,15 @@ class Run:
     @property
     def wake_stream(self) -> str | None:
         return self._wake_stream
+
+    def dead_letter_stream(self) -> str | None:
+        """Return the stream poisoned messages go to (None while no wake stream is known)."""
+        configured = self.config.settings.dead_letter_stream
+        if configured is not None:
+            return configured
+        if self._wake_stream is None:
+            return None
+        return self._wake_stream.rstrip("/") + "/dead-letter"
 
     async def ensure_registered(self) -> None:
         """Register with the server once per run (again after forget_registration())."""
@@ -295,6 +316,36 @@ class Run:
             logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
         return self.cursor
 
+    async def open_wake_stream(self, cursor: WakeCursor) -> WakeStreamConnection:
+        """Open the wake stream; create it first if it does not exist and the server lets us.
+
+        A missing wake stream never turns into a retry loop: it is created (an idempotent PUT
+        of a JSON stream), or the run stops with an error that says how to create it.
+        """
+        path = self._wake_stream
+        assert path is not None
+        try:
+            return await self.client.open_wake_stream(path, cursor.read)
+        except NotFound as missing:
+            where = self.client.base_url
+            how = (
+                f"create it (pullwake stream create {path} --content-type application/json "
+                f"--url {where}) or pass the wake_stream=... of an existing one"
+            )
+            if not self.config.settings.create_wake_stream:
+                raise RunnerError(
+                    f"the wake stream {path!r} does not exist on {where}: {how}"
+                ) from missing
+            try:
+                await self.client.create_stream(path)
+            except (Refused, ProtocolViolation) as refused:
+                raise RunnerError(
+                    f"the wake stream {path!r} does not exist on {where}, and creating it was "
+                    f"refused ({describe_failure(refused)}): {how}"
+                ) from missing
+            logger.info("%s: created the wake stream %r on %s", self.runner_id, path, where)
+        return await self.client.open_wake_stream(path, cursor.read)
+
     async def close(self) -> None:
         """Close what the run holds (idempotent): the slot's response and the HTTP client."""
         if self.closed:
@@ -311,8 +362,7 @@ class Run:
         self.diagnostics.server = self.client.base_url
         try:
             cursor = await self.ensure_ready()
-            assert self._wake_stream is not None
-            connection = await self.client.open_wake_stream(self._wake_stream, cursor.read)
+            connection = await self.open_wake_stream(cursor)
         except (Rejected, RunnerError, Conflict) as exc:
             # Refused credentials, or a configuration the server will never accept as is:
             # stop with a clear error.
@@ -340,6 +390,7 @@ class Run:
         diagnostics.stream_up()
         # The server's view of the runner (its verdict, stream_connected) follows at once.
         self.heartbeat.nudge()
+        self.ask_for_pending_work()
         try:
             async for event in connection.events():
                 diagnostics.events_received += 1
@@ -368,6 +419,21 @@ class Run:
         finally:
             diagnostics.stream_down()
             await connection.aclose()
+
+    def ask_for_pending_work(self) -> None:
+        """Try one claim per known subscription, as if each had been woken (wakes are hints).
+
+        Called each time the wake stream is (re)connected: work whose wake was missed (read
+        before a crash, sent while no runner listened, or never sent by a server that lacks
+        our registry) is claimed now rather than stranded. The claims go through the same
+        pipeline and fencing as woken ones; a 409 NO_PENDING_WORK or ALREADY_CLAIMED is the
+        usual, quiet answer. The subscriptions asked are those the runner declares or was told
+        to handle; a runner that handles every wake of its stream knows no names to ask for.
+        """
+        names = set(self.config.subscription_ids or ())
+        names.update(spec.id for spec in self.config.subscription_specs)
+        for name in sorted(names):
+            self.pipeline.submit(Wake(name))
 
     async def backoff(self, ctx: ActivityContext) -> str | None:
         """Wait the next backoff step, then move to the next server URL (module doc)."""

@@ -16,7 +16,21 @@ from .claims import ClaimSettings
 from .client import Timeouts
 from .offsets import START_OFFSET
 
-__all__ = ["RunnerSettings", "SubscriptionSpec", "positive", "positive_or_none"]
+__all__ = [
+    "RunnerSettings",
+    "SubscriptionSpec",
+    "one_or_more_or_none",
+    "positive",
+    "positive_or_none",
+]
+
+
+def one_or_more_or_none(
+    instance: object, attribute: attrs.Attribute[Any], value: int | None
+) -> None:
+    """Validate that a count is at least 1, or ``None`` (an attrs validator)."""
+    if value is not None and value < 1:
+        raise ValueError(f"{attribute.name} must be 1 or more, or None, got {value!r}")
 
 
 @attrs.frozen
@@ -24,7 +38,9 @@ class SubscriptionSpec:
     """A pull-wake subscription the runner creates (or re-confirms) when it connects.
 
     ``wake_stream`` defaults to the runner's. Give ``pattern`` (a glob: ``*`` one segment,
-    ``**`` any) or ``streams`` (explicit paths), or both.
+    ``**`` any) or ``streams`` (explicit paths), or both. ``max_attempts`` overrides
+    :attr:`RunnerSettings.max_attempts` for this subscription (it is the runner's, never sent
+    to the server).
     """
 
     id: str
@@ -33,6 +49,7 @@ class SubscriptionSpec:
     lease_ttl_ms: int | None = None
     description: str | None = None
     wake_stream: str | None = None
+    max_attempts: int | None = attrs.field(default=None, validator=one_or_more_or_none)
 
     def __attrs_post_init__(self) -> None:
         if not self.id:
@@ -102,6 +119,21 @@ class RunnerSettings:
     exit_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Where a runner with no saved offset starts reading its wake stream.
     initial_offset: str = START_OFFSET
+    #: Create the wake stream (an idempotent PUT of a JSON stream) when it does not exist;
+    #: ``False``, or a server that refuses the PUT, stops the runner with an error that says
+    #: how to create it. A missing wake stream is never retried in a loop.
+    create_wake_stream: bool = True
+    #: Failed handler attempts on the same work (a subscription at the same acked offsets)
+    #: before its messages go to the dead-letter stream and the claim is acked; ``None``
+    #: retries forever. Counted in memory: a restart counts afresh. A subscription's
+    #: ``SubscriptionSpec.max_attempts`` overrides it.
+    max_attempts: int | None = attrs.field(default=5, validator=one_or_more_or_none)
+    #: The JSON stream poisoned messages are appended to; ``None`` means
+    #: ``<wake stream>/dead-letter``. Created (an idempotent PUT) at the first dead letter.
+    dead_letter_stream: str | None = None
+    #: Real seconds a handler may run before it is cancelled (a failed attempt); ``None``: no
+    #: bound. Overrides ``claims.handler_timeout`` when set.
+    handler_timeout: float | None = attrs.field(default=None, validator=positive_or_none)
 
     def heartbeat_bound(self) -> float:
         return self.heartbeat_timeout or self.heartbeat_interval

@@ -73,6 +73,17 @@ def test_a_2xx_answer_raises_nothing_and_odd_bodies_still_map() -> None:
         raise_for_answer("GET", "u", 418, b"\xff not json")
 
 
+def test_an_html_page_is_named_by_its_content_type_never_pasted() -> None:
+    page = b"<!DOCTYPE html><html><head><title>Not Found</title></head><body>" + b"x" * 500
+    with pytest.raises(errors.NotFound) as caught:
+        raise_for_answer("GET", "http://x/v1/stream/w", 404, page, "text/html; charset=utf-8")
+    text = str(caught.value)
+    assert "text/html" in text
+    assert "http://x/v1/stream/w" in text
+    assert "<" not in text
+    assert "\n" not in text
+
+
 def test_every_runtime_error_is_a_pullwake_error() -> None:
     from pullwake.errors import PullwakeError
 
