@@ -45,7 +45,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import attrs
@@ -66,6 +66,9 @@ from .errors import (
 )
 from .offsets import Ticket
 from .work import Claim, Handler, Wake
+
+if TYPE_CHECKING:
+    from .metrics import RunnerMetrics
 
 __all__ = ["ClaimPipeline", "ClaimSettings", "ClaimStatistics"]
 
@@ -156,8 +159,10 @@ class ClaimPipeline:
         statistics: ClaimStatistics | None = None,
         on_rejected: Callable[[Rejected], None] | None = None,
         rng: random.Random | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._handler = handler
         self._worker = worker
         self.settings = settings or ClaimSettings()
@@ -359,6 +364,8 @@ class ClaimPipeline:
                     # Accepted: the server holds our lease, so the wake event is no longer
                     # needed to recover this work (an expired lease is woken again).
                     ticket.settle()
+                    if self._metrics is not None:
+                        self._metrics.observe_claim(grant)
                     return grant
                 if scope.cancelled_caught:
                     return None
@@ -388,6 +395,7 @@ class ClaimPipeline:
             self.stats.handlers_active += 1
             self.stats.last_dispatch_at = wall_time()
             outcome: Exception | None = None
+            started = self._clock.now()
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._extend_lease, claim, name="pullwake-lease")
@@ -402,6 +410,8 @@ class ClaimPipeline:
             finally:
                 self.stats.handlers_active -= 1
                 lane.handler_scope = None
+                if self._metrics is not None:
+                    self._metrics.observe_handler(lane.sub_id, self._clock.now() - started)
             if claim.lost is not None:
                 self.stats.leases_lost += 1
                 self._count("failed", "lease lost")

@@ -64,6 +64,7 @@ from .errors import (
     ServerUnreachable,
 )
 from .heartbeat import Heartbeat
+from .metrics import RunnerMetrics
 from .offsets import (
     FileOffsetStore,
     OffsetStore,
@@ -98,6 +99,7 @@ class RunConfig:
     offset_store: OffsetStore | None = None
     transport: httpx.AsyncBaseTransport | None = None
     ssl_context: ssl.SSLContext | None = None
+    metrics: RunnerMetrics | None = None
 
 
 @attrs.define
@@ -170,6 +172,7 @@ class Run:
             statistics=counters.claims,
             on_rejected=on_rejected,
             rng=rng,
+            metrics=config.metrics,
         )
         self.heartbeat = Heartbeat(
             self,

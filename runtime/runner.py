@@ -37,6 +37,7 @@ import anyio.abc
 import attrs
 import httpx
 from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
 
 from pullwake.machines.lifecycle import LIFECYCLE
 
@@ -60,6 +61,7 @@ from .errors import (
     RuntimeFailure,
     StopTimeout,
 )
+from .metrics import RunnerMetrics
 from .offsets import OffsetStore
 from .run import Run, RunConfig, RunCounters
 from .settings import RunnerSettings, SubscriptionSpec
@@ -110,7 +112,8 @@ class Runner:
     :class:`SubscriptionSpec` values (created or re-confirmed on connect); ``None`` handles
     every wake on the wake stream. ``grace`` is how long, in seconds, running handlers may take
     to finish when the runner stops. ``offset_store`` defaults to the server's registry, or to
-    a local file when the server has none.
+    a local file when the server has none. ``metrics_registry``: register the runner's
+    Prometheus metrics there (:mod:`pullwake.runtime.metrics`); without it none are kept.
 
     Use ``async with Runner(...) as runner:`` (starts on entry, stops on exit), and within it
     ``await runner.stop()`` / ``await runner.start()`` as often as needed.
@@ -134,6 +137,7 @@ class Runner:
         inspect: Callable[[TransitionRecord], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -174,6 +178,11 @@ class Runner:
         self._counters = RunCounters()
         # Written by start() only.
         self._starts = 0
+        #: The runner's Prometheus metrics (:mod:`.metrics`), or None when none were asked for.
+        self.metrics: RunnerMetrics | None = None
+        if metrics_registry is not None:
+            self.metrics = RunnerMetrics(metrics_registry, runner_id)
+            self.metrics.bind(self)
         # What every run is given (the TLS context is made once and shared by all runs).
         self._config = RunConfig(
             self.urls,
@@ -190,6 +199,7 @@ class Runner:
             offset_store=offset_store,
             transport=transport,
             ssl_context=httpx.create_ssl_context(),
+            metrics=self.metrics,
         )
         # Invariant: the run in progress or the last one (closed after its drain); None before
         # the first start.
