@@ -352,12 +352,22 @@ class ClaimPipeline:
                             self._on_rejected(exc)
                         return None
                     except (Refused, ProtocolViolation) as exc:
-                        logger.warning("claim of %r refused: %s", lane.sub_id, exc)
+                        logger.warning(
+                            "claim of %r refused: %s",
+                            lane.sub_id,
+                            exc,
+                            extra=self._lane_fields(lane),
+                        )
                         self._count("failed", f"refused: {exc.status or 'protocol'}")
                         ticket.settle()
                         return None
                     except TransientError as exc:
-                        logger.info("claim of %r failed, will retry: %s", lane.sub_id, exc)
+                        logger.info(
+                            "claim of %r failed, will retry: %s",
+                            lane.sub_id,
+                            exc,
+                            extra=self._lane_fields(lane),
+                        )
                         self.stats.claim_retries += 1
                         self.stats.last_claim_result = f"retrying: {exc.status or 'network'}"
                 if grant is not None:
@@ -426,6 +436,7 @@ class ClaimPipeline:
                     claim.describe(),
                     outcome,
                     exc_info=outcome,
+                    extra=self._fields(claim),
                 )
                 self.stats.handler_failures += 1
                 self._count("failed", f"handler raised {type(outcome).__name__}")
@@ -482,6 +493,7 @@ class ClaimPipeline:
                         "%s: done ack failed (%s); releasing the claim",
                         claim.describe(),
                         exc,
+                        extra=self._fields(claim),
                     )
                     self._count("failed", "done ack failed")
                     return False
@@ -490,7 +502,9 @@ class ClaimPipeline:
                 await self._clock.sleep(min(delay, self._retry_gap(claim), remaining))
                 continue
             except RequestFailed as exc:
-                logger.warning("%s: done ack refused: %s", claim.describe(), exc)
+                logger.warning(
+                    "%s: done ack refused: %s", claim.describe(), exc, extra=self._fields(claim)
+                )
                 self._count("failed", f"done ack refused: {exc.status}")
                 return False
             self._count("succeeded", "done")
@@ -520,7 +534,12 @@ class ClaimPipeline:
                 return
             except RequestFailed as exc:
                 failures += 1
-                logger.info("%s: lease extension failed: %s", claim.describe(), exc)
+                logger.info(
+                    "%s: lease extension failed: %s",
+                    claim.describe(),
+                    exc,
+                    extra=self._fields(claim),
+                )
                 continue
             failures = 0
 
@@ -543,11 +562,17 @@ class ClaimPipeline:
                 except TransientError as exc:
                     failure = exc
                 except RequestFailed as exc:
-                    logger.warning("could not release %s (%s): %s", claim.describe(), why, exc)
+                    logger.warning(
+                        "could not release %s (%s): %s",
+                        claim.describe(),
+                        why,
+                        exc,
+                        extra=self._fields(claim),
+                    )
                     return
                 else:
                     self.stats.releases += 1
-                    logger.info("released %s: %s", claim.describe(), why)
+                    logger.info("released %s: %s", claim.describe(), why, extra=self._fields(claim))
                     return
             delay = self.settings.retry.delay(attempt, self._rng)
             if not self._accepting or self._clock.now() + delay >= deadline:
@@ -557,10 +582,18 @@ class ClaimPipeline:
                     claim.describe(),
                     why,
                     failure or "no answer in time",
+                    extra=self._fields(claim),
                 )
                 return
             attempt += 1
             await self._clock.sleep(delay)
+
+    def _fields(self, claim: Claim) -> dict[str, object]:
+        """Return the ``extra=`` fields of a log line about ``claim``."""
+        return {**claim.log_fields(), "runner_id": self._worker}
+
+    def _lane_fields(self, lane: _Lane) -> dict[str, object]:
+        return {"subscription": lane.sub_id, "runner_id": self._worker}
 
     def _count(self, result: Literal["succeeded", "skipped", "failed"], detail: str) -> None:
         if result == "succeeded":

@@ -151,6 +151,8 @@ class Run:
         settings = config.settings
         self.config = config
         self.runner_id = config.runner_id
+        #: The ``extra=`` fields of this run's log lines (JSON logs carry them).
+        self.log_fields: dict[str, object] = {"runner_id": config.runner_id}
         self.diagnostics = diagnostics
         self._clock = clock
         self._rng = rng
@@ -249,6 +251,7 @@ class Run:
                     "the offset in %r",
                     self.client.base_url,
                     self.store,
+                    extra=self.log_fields,
                 )
             else:
                 self._registry = True
@@ -288,14 +291,24 @@ class Run:
         if not self._subscriptions_ready:
             for spec in self.config.subscription_specs:
                 created = await self.client.put_subscription(spec.id, spec.body(self._wake_stream))
-                logger.info("subscription %r %s", spec.id, "created" if created else "confirmed")
+                logger.info(
+                    "subscription %r %s",
+                    spec.id,
+                    "created" if created else "confirmed",
+                    extra={**self.log_fields, "subscription": spec.id},
+                )
             self._subscriptions_ready = True
         if self.cursor is None:
             assert self.store is not None
             saved = await self.store.load()
             offset = saved or self.config.settings.initial_offset
             self.cursor = WakeCursor(offset)
-            logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
+            logger.info(
+                "reading wake stream %r from offset %s",
+                self._wake_stream,
+                offset,
+                extra=self.log_fields,
+            )
         return self.cursor
 
     async def close(self) -> None:
@@ -381,7 +394,7 @@ class Run:
         self.diagnostics.reconnect_count += 1
         if len(self.config.urls) > 1:
             self.client.rotate()
-        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay)
+        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay, extra=self.log_fields)
         await self._clock.sleep(delay)
         return None
 
@@ -395,10 +408,19 @@ class Run:
                 try:
                     await self.persist_offset()
                 except OSError as exc:
-                    logger.error("%s: could not save the wake offset: %s", self.runner_id, exc)
+                    logger.error(
+                        "%s: could not save the wake offset: %s",
+                        self.runner_id,
+                        exc,
+                        extra=self.log_fields,
+                    )
                 sent = await self.heartbeat.final()
                 if sent:
-                    logger.info("%s: final heartbeat sent (status stopped)", self.runner_id)
+                    logger.info(
+                        "%s: final heartbeat sent (status stopped)",
+                        self.runner_id,
+                        extra=self.log_fields,
+                    )
         finally:
             await self.close()
         return None

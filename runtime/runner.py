@@ -178,6 +178,8 @@ class Runner:
         self._counters = RunCounters()
         # Written by start() only.
         self._starts = 0
+        # The fields of every log line of this runner (JSON logs carry them).
+        self._log_fields = {"runner_id": runner_id}
         #: The runner's Prometheus metrics (:mod:`.metrics`), or None when none were asked for.
         self.metrics: RunnerMetrics | None = None
         if metrics_registry is not None:
@@ -498,19 +500,21 @@ class Runner:
         """Observe one processed event: logs, diagnostics, why a run stopped, wait_state()."""
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
-            logger.info("%s: %s", self.runner_id, describe(record))
+            logger.info("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
             if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
                 # The refusal that ends this run travelled with the event: keep it to raise,
                 # and end the caller's block (what the chart does next is the chart's affair).
                 self._error = record.error
                 self.diagnostics.record_error(str(record.error))
-                logger.error("%s: stopping: %s", self.runner_id, record.error)
+                logger.error(
+                    "%s: stopping: %s", self.runner_id, record.error, extra=self._log_fields
+                )
                 if self._body is not None:
                     self._body.cancel(reason=f"the runner stopped: {record.error}")
         elif record.kind == "failed":
-            logger.error("%s: %s", self.runner_id, describe(record))
+            logger.error("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
         else:
-            logger.debug("%s: %s", self.runner_id, describe(record))
+            logger.debug("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
         if self._changed is not None:
             self._changed.set()
             self._changed = None
