@@ -35,6 +35,7 @@ FIELDS = (
     "url",
     "store",
     "auth",
+    "http",
 )
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
