@@ -405,7 +405,7 @@ class ClaimPipeline:
             self.stats.handlers_active += 1
             self.stats.last_dispatch_at = wall_time()
             outcome: Exception | None = None
-            started = self._clock.now()
+            started = self._clock.now() if self._metrics is not None else 0.0
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._extend_lease, claim, name="pullwake-lease")

@@ -36,6 +36,7 @@ in the loop in well under a millisecond for a runner's few series.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -63,23 +64,11 @@ class RunnerMetrics:
     def __init__(self, registry: CollectorRegistry, runner_id: str) -> None:
         self.registry = registry
         self.runner_id = runner_id
-        self.handler_seconds = Histogram(
-            "pullwake_runner_handler_duration_seconds",
-            "Time a handler took, from its call to its return or exception.",
-            ["runner", "subscription"],
-            registry=registry,
-        )
+        shared = _shared_series(registry)
+        self.handler_seconds = shared.handler_seconds
         self.pending_streams = _LabelledGauge(runner_id)
         #: Messages moved to a dead-letter stream; increment with ``.labels(sub).inc()``.
-        self.dead_lettered = _RunnerCounter(
-            Counter(
-                "pullwake_runner_dead_lettered",
-                "Messages moved to a dead-letter stream after their retry limit.",
-                ["runner", "subscription"],
-                registry=registry,
-            ),
-            runner_id,
-        )
+        self.dead_lettered = _RunnerCounter(shared.dead_lettered, runner_id)
         self._collector: _RunnerCollector | None = None
 
     def bind(self, runner: Runner) -> None:
@@ -99,6 +88,35 @@ class RunnerMetrics:
             if stream.has_pending:
                 pending += 1
         self.pending_streams.values[grant.subscription_id] = pending
+
+
+class _SharedSeries:
+    """The recorded series of one registry, shared by its runners (a name registers once)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handler_seconds = Histogram(
+            "pullwake_runner_handler_duration_seconds",
+            "Time a handler took, from its call to its return or exception.",
+            ["runner", "subscription"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "pullwake_runner_dead_lettered",
+            "Messages moved to a dead-letter stream after their retry limit.",
+            ["runner", "subscription"],
+            registry=registry,
+        )
+
+
+# Registry -> its recorded series; entries go with their registry.
+_SHARED: weakref.WeakKeyDictionary[CollectorRegistry, _SharedSeries] = weakref.WeakKeyDictionary()
+
+
+def _shared_series(registry: CollectorRegistry) -> _SharedSeries:
+    series = _SHARED.get(registry)
+    if series is None:
+        series = _SHARED[registry] = _SharedSeries(registry)
+    return series
 
 
 class _RunnerCounter:

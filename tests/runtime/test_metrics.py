@@ -168,3 +168,29 @@ async def test_serve_metrics_answers_a_scrape(anyio_backend: str) -> None:
     assert 'pullwake_runner_state{runner="r1",state="stopped"} 1.0' in answer.text
     assert "pullwake_runner_wakes_total" in answer.text
     assert missing.status_code == 404
+
+
+async def test_two_runners_share_one_registry(anyio_backend: str) -> None:
+    registry = CollectorRegistry()
+    first = make_runner(FakeServer(), idle, ManualClock(), registry)
+    second = Runner(
+        "http://fake",
+        runner_id="r2",
+        handler=idle,
+        wake_stream="wake/r2",
+        transport=FakeServer().transport(),
+        metrics_registry=registry,
+    )
+    assert first.metrics is not None
+    assert second.metrics is not None
+    second.metrics.observe_handler("s", 0.5)
+    second.metrics.dead_lettered.labels("s").inc()
+    assert value(registry, "pullwake_runner_state", state="stopped") == 1
+    assert (
+        registry.get_sample_value("pullwake_runner_state", {"runner": "r2", "state": "stopped"})
+        == 1
+    )
+    labels = {"runner": "r2", "subscription": "s"}
+    assert registry.get_sample_value("pullwake_runner_handler_duration_seconds_sum", labels) == 0.5
+    assert registry.get_sample_value("pullwake_runner_dead_lettered_total", labels) == 1
+    assert value(registry, "pullwake_runner_dead_lettered_total", subscription="s") is None
