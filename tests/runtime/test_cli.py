@@ -283,3 +283,30 @@ def test_run_serves_metrics_and_logs_json_lines(
     assert transitions[0]["runner_id"] == "r1"
     # httpx's per-request INFO lines are off by default.
     assert not [e for e in lines if e["logger"].startswith(("httpx", "httpcore"))]
+
+
+@BACKENDS
+def test_run_with_a_busy_metrics_port_exits_2_with_one_line(backend: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        proc = pullwake(
+            "run",
+            "tests.runtime.cli_handlers:record",
+            "--url",
+            "http://127.0.0.1:9",
+            "--runner-id",
+            "r1",
+            "--wake-stream",
+            "wake/r1",
+            "--backend",
+            backend,
+            "--metrics-port",
+            port,
+        )
+        status, stderr = finish(proc)
+    assert status == 2, stderr
+    assert f"pullwake run: cannot serve metrics on 127.0.0.1:{port}: " in stderr
+    assert "give a free --metrics-port" in stderr
+    assert "Traceback" not in stderr
