@@ -35,6 +35,7 @@ in the loop in well under a millisecond for a runner's few series.
 
 from __future__ import annotations
 
+import json
 import logging
 import weakref
 from collections.abc import Callable, Iterator
@@ -246,6 +247,26 @@ async def serve_metrics(
         await listener.serve(_answer(lambda: generate_latest(registry)))
 
 
+def _error(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode() + b"\n"
+
+
+def _respond(request_line: bytes, exposition: Callable[[], bytes]) -> tuple[bytes, bytes, bytes]:
+    """Return the status, content type and body that answer ``request_line``."""
+    parts = request_line.split()
+    if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
+        body = _error("METHOD_NOT_ALLOWED", "Only GET /metrics is served here.")
+        return b"405 Method Not Allowed", b"application/json", body
+    if parts[1].split(b"?")[0] not in (b"/", b"/metrics"):
+        return b"404 Not Found", b"application/json", _error("NOT_FOUND", "Scrape GET /metrics.")
+    try:
+        return b"200 OK", CONTENT_TYPE_LATEST.encode(), exposition()
+    except Exception:
+        logger.exception("could not collect the runner's metrics")
+        body = _error("INTERNAL", "Collecting the metrics failed (logged); this is a bug.")
+        return b"500 Internal Server Error", b"application/json", body
+
+
 def _answer(
     exposition: Callable[[], bytes],
 ) -> Callable[[anyio.abc.SocketStream], Any]:
@@ -253,34 +274,29 @@ def _answer(
         async with stream:
             with anyio.move_on_after(10):
                 head = b""
-                while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST:
-                    try:
-                        head += await stream.receive()
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        return
-                parts = head.split(b"\r\n", 1)[0].split()
-                if len(parts) < 2 or parts[0] not in (b"GET", b"HEAD"):
-                    status, body, ctype = (
-                        b"405 Method Not Allowed",
-                        b"GET /metrics\n",
-                        b"text/plain",
-                    )
-                elif parts[1].split(b"?")[0] not in (b"/", b"/metrics"):
-                    status, body, ctype = b"404 Not Found", b"GET /metrics\n", b"text/plain"
-                else:
-                    status, body, ctype = b"200 OK", exposition(), CONTENT_TYPE_LATEST.encode()
-                header = (
-                    b"HTTP/1.1 "
-                    + status
-                    + b"\r\ncontent-type: "
-                    + ctype
-                    + b"\r\ncontent-length: "
-                    + str(len(body)).encode()
-                    + b"\r\nconnection: close\r\n\r\n"
-                )
                 try:
-                    await stream.send(header + (b"" if parts[:1] == [b"HEAD"] else body))
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    while b"\r\n\r\n" not in head and len(head) < _MAX_REQUEST:
+                        head += await stream.receive()
+                    request_line = head.split(b"\r\n", 1)[0]
+                    status, ctype, body = _respond(request_line, exposition)
+                    header = (
+                        b"HTTP/1.1 "
+                        + status
+                        + b"\r\ncontent-type: "
+                        + ctype
+                        + b"\r\ncontent-length: "
+                        + str(len(body)).encode()
+                        + b"\r\nconnection: close\r\n\r\n"
+                    )
+                    head_only = request_line.startswith(b"HEAD ")
+                    await stream.send(header + (b"" if head_only else body))
+                except (
+                    anyio.EndOfStream,
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    OSError,
+                ):
+                    # The scraper went away: nothing to answer.
                     return
 
     return handle

@@ -162,12 +162,16 @@ async def test_serve_metrics_answers_a_scrape(anyio_backend: str) -> None:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
                 answer = await client.get("/metrics")
                 missing = await client.get("/nothing")
+                posted = await client.post("/metrics")
             tg.cancel_scope.cancel()
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     assert 'pullwake_runner_state{runner="r1",state="stopped"} 1.0' in answer.text
     assert "pullwake_runner_wakes_total" in answer.text
     assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    assert posted.status_code == 405
+    assert posted.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_two_runners_share_one_registry(anyio_backend: str) -> None:
