@@ -55,7 +55,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import attrs
@@ -76,6 +76,9 @@ from .errors import (
 )
 from .offsets import Ticket
 from .work import Batch, Claim, Handler, Wake
+
+if TYPE_CHECKING:
+    from .metrics import RunnerMetrics
 
 __all__ = ["ClaimPipeline", "ClaimSettings", "ClaimStatistics"]
 
@@ -177,8 +180,10 @@ class ClaimPipeline:
         rng: random.Random | None = None,
         max_attempts: Callable[[str], int | None] | None = None,
         dead_letter_stream: Callable[[], str | None] | None = None,
+        metrics: RunnerMetrics | None = None,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._handler = handler
         self._worker = worker
         self.settings = settings or ClaimSettings()
@@ -376,18 +381,30 @@ class ClaimPipeline:
                             self._on_rejected(exc)
                         return None
                     except (Refused, ProtocolViolation) as exc:
-                        logger.warning("claim of %r refused: %s", lane.sub_id, exc)
+                        logger.warning(
+                            "claim of %r refused: %s",
+                            lane.sub_id,
+                            exc,
+                            extra=self._lane_fields(lane),
+                        )
                         self._count("failed", f"refused: {exc.status or 'protocol'}")
                         ticket.settle()
                         return None
                     except TransientError as exc:
-                        logger.info("claim of %r failed, will retry: %s", lane.sub_id, exc)
+                        logger.info(
+                            "claim of %r failed, will retry: %s",
+                            lane.sub_id,
+                            exc,
+                            extra=self._lane_fields(lane),
+                        )
                         self.stats.claim_retries += 1
                         self.stats.last_claim_result = f"retrying: {exc.status or 'network'}"
                 if grant is not None:
                     # Accepted: the server holds our lease, so the wake event is no longer
                     # needed to recover this work (an expired lease is woken again).
                     ticket.settle()
+                    if self._metrics is not None:
+                        self._metrics.observe_claim(grant)
                     return grant
                 if scope.cancelled_caught:
                     return None
@@ -419,6 +436,7 @@ class ClaimPipeline:
             outcome: Exception | None = None
             timeout = self.settings.handler_timeout
             timeout_scope = anyio.move_on_after(timeout)
+            started = self._clock.now() if self._metrics is not None else 0.0
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._extend_lease, claim, name="pullwake-lease")
@@ -434,6 +452,8 @@ class ClaimPipeline:
             finally:
                 self.stats.handlers_active -= 1
                 lane.handler_scope = None
+                if self._metrics is not None:
+                    self._metrics.observe_handler(lane.sub_id, self._clock.now() - started)
             if timeout_scope.cancel_called and claim.lost is None and outcome is None:
                 self.stats.handler_timeouts += 1
                 outcome = TimeoutError(
@@ -453,6 +473,7 @@ class ClaimPipeline:
                     claim.describe(),
                     outcome,
                     exc_info=outcome,
+                    extra=self._fields(claim),
                 )
                 self.stats.handler_failures += 1
                 self._count("failed", f"handler raised {type(outcome).__name__}")
@@ -565,6 +586,8 @@ class ClaimPipeline:
             return False
         self._forget_attempts(claim.subscription_id, paths)
         self.stats.dead_lettered += 1
+        if self._metrics is not None:
+            self._metrics.dead_lettered.labels(claim.subscription_id).inc()
         self.stats.last_dead_letter_at = wall_time()
         # The failure is counted in claims_failed already; this says how it ended.
         self.stats.last_claim_result = f"dead-lettered after {max(counts.values())} attempts"
@@ -614,6 +637,7 @@ class ClaimPipeline:
                         "%s: done ack failed (%s); releasing the claim",
                         claim.describe(),
                         exc,
+                        extra=self._fields(claim),
                     )
                     self._count("failed", "done ack failed")
                     return False
@@ -622,7 +646,9 @@ class ClaimPipeline:
                 await self._clock.sleep(min(delay, self._retry_gap(claim), remaining))
                 continue
             except RequestFailed as exc:
-                logger.warning("%s: done ack refused: %s", claim.describe(), exc)
+                logger.warning(
+                    "%s: done ack refused: %s", claim.describe(), exc, extra=self._fields(claim)
+                )
                 self._count("failed", f"done ack refused: {exc.status}")
                 return False
             self._count("succeeded", "done")
@@ -652,7 +678,12 @@ class ClaimPipeline:
                 return
             except RequestFailed as exc:
                 failures += 1
-                logger.info("%s: lease extension failed: %s", claim.describe(), exc)
+                logger.info(
+                    "%s: lease extension failed: %s",
+                    claim.describe(),
+                    exc,
+                    extra=self._fields(claim),
+                )
                 continue
             failures = 0
 
@@ -675,11 +706,17 @@ class ClaimPipeline:
                 except TransientError as exc:
                     failure = exc
                 except RequestFailed as exc:
-                    logger.warning("could not release %s (%s): %s", claim.describe(), why, exc)
+                    logger.warning(
+                        "could not release %s (%s): %s",
+                        claim.describe(),
+                        why,
+                        exc,
+                        extra=self._fields(claim),
+                    )
                     return
                 else:
                     self.stats.releases += 1
-                    logger.info("released %s: %s", claim.describe(), why)
+                    logger.info("released %s: %s", claim.describe(), why, extra=self._fields(claim))
                     return
             delay = self.settings.retry.delay(attempt, self._rng)
             if not self._accepting or self._clock.now() + delay >= deadline:
@@ -689,10 +726,18 @@ class ClaimPipeline:
                     claim.describe(),
                     why,
                     failure or "no answer in time",
+                    extra=self._fields(claim),
                 )
                 return
             attempt += 1
             await self._clock.sleep(delay)
+
+    def _fields(self, claim: Claim) -> dict[str, object]:
+        """Return the ``extra=`` fields of a log line about ``claim``."""
+        return {**claim.log_fields(), "runner_id": self._worker}
+
+    def _lane_fields(self, lane: _Lane) -> dict[str, object]:
+        return {"subscription": lane.sub_id, "runner_id": self._worker}
 
     def _count(self, result: Literal["succeeded", "skipped", "failed"], detail: str) -> None:
         if result == "succeeded":

@@ -30,13 +30,16 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from prometheus_client import CollectorRegistry
 
-from pullwake.options import add_option, server_url
+from pullwake.logs import add_log_options, configure_logging
+from pullwake.options import add_option, port, server_url
 
 from .actor import TransitionRecord
 from .backoff import Backoff
 from .client import Timeouts
 from .errors import RuntimeFailure, StopTimeout
+from .metrics import serve_metrics
 from .offsets import FileOffsetStore
 from .runner import Runner
 from .settings import RunnerSettings
@@ -126,11 +129,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_option(
         parser,
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="stderr log level (default: %(default)s)",
+        "--metrics-port",
+        type=port,
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
+    add_option(
+        parser,
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics endpoint binds (default: %(default)s)",
+    )
+    add_log_options(parser)
 
 
 #: The runner's errors advise its keyword arguments; on the command line they are options.
@@ -195,6 +205,7 @@ def build_runner(
         settings=settings,
         label=args.label,
         inspect=inspect,
+        metrics_registry=CollectorRegistry() if args.metrics_port is not None else None,
     )
 
 
@@ -226,11 +237,7 @@ async def serve(runner: Runner) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``pullwake run``; return the exit status."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     with contextlib.ExitStack() as stack:
         try:
             log = args.transitions_log
@@ -240,13 +247,36 @@ def run(args: argparse.Namespace) -> int:
         except (HandlerImportError, ValueError, TypeError, OSError) as exc:
             print(f"pullwake run: {exc}", file=sys.stderr)
             return 2
-        return _serve_runner(runner, args.backend)
+        return _serve_runner(runner, args.backend, args.metrics_host, args.metrics_port)
 
 
-def _serve_runner(runner: Runner, backend: str) -> int:
+async def serve_with_metrics(runner: Runner, host: str, port: int | None) -> int:
+    """Run ``serve(runner)``, with its metrics served at ``host:port`` if ``port`` is given."""
+    if port is None or runner.metrics is None:
+        return await serve(runner)
+    async with anyio.create_task_group() as tg:
+        try:
+            await tg.start(serve_metrics, runner.metrics.registry, port, host)
+        except OSError as exc:
+            print(
+                f"pullwake run: cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                "give a free --metrics-port",
+                file=sys.stderr,
+            )
+            return 2
+        status = await serve(runner)
+        tg.cancel_scope.cancel(reason="the runner stopped")
+    return status
+
+
+def _serve_runner(
+    runner: Runner, backend: str, metrics_host: str = "127.0.0.1", metrics_port: int | None = None
+) -> int:
     """Run ``serve(runner)`` on ``backend``; map the runner's failures to exit statuses."""
     try:
-        return int(anyio.run(serve, runner, backend=backend))
+        return int(
+            anyio.run(serve_with_metrics, runner, metrics_host, metrics_port, backend=backend)
+        )
     except RuntimeFailure as exc:
         print(f"pullwake run: {as_flags(str(exc))}", file=sys.stderr)
         return 1

@@ -188,7 +188,11 @@ class Heartbeat:
             try:
                 await self._send(offset, report)
             except NotFound:
-                logger.warning("server forgot runner %r; registering again", host.runner_id)
+                logger.warning(
+                    "server forgot runner %r; registering again",
+                    host.runner_id,
+                    extra={"runner_id": host.runner_id},
+                )
                 host.forget_registration()
                 await host.ensure_registered()
                 await self._send(offset, report)
@@ -262,6 +266,7 @@ class Heartbeat:
             "heartbeat failed (%d in a row): %s",
             self.consecutive_failures,
             describe_failure(exc),
+            extra={"runner_id": self._host.runner_id},
         )
 
     async def final(self) -> bool:
@@ -274,6 +279,10 @@ class Heartbeat:
         try:
             await self.beat(status="stopped")
         except (RequestFailed, TimeoutError) as exc:
-            logger.warning("final heartbeat failed: %s", describe_failure(exc))
+            logger.warning(
+                "final heartbeat failed: %s",
+                describe_failure(exc),
+                extra={"runner_id": self._host.runner_id},
+            )
             return False
         return True

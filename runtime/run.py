@@ -66,6 +66,7 @@ from .errors import (
     ServerUnreachable,
 )
 from .heartbeat import Heartbeat
+from .metrics import RunnerMetrics
 from .offsets import (
     FileOffsetStore,
     OffsetStore,
@@ -100,6 +101,7 @@ class RunConfig:
     offset_store: OffsetStore | None = None
     transport: httpx.AsyncBaseTransport | None = None
     ssl_context: ssl.SSLContext | None = None
+    metrics: RunnerMetrics | None = None
 
 
 @attrs.define
@@ -151,6 +153,8 @@ class Run:
         settings = config.settings
         self.config = config
         self.runner_id = config.runner_id
+        #: The ``extra=`` fields of this run's log lines (JSON logs carry them).
+        self.log_fields: dict[str, object] = {"runner_id": config.runner_id}
         self.diagnostics = diagnostics
         self._clock = clock
         self._rng = rng
@@ -182,6 +186,7 @@ class Run:
             rng=rng,
             max_attempts=lambda sub_id: limits.get(sub_id, settings.max_attempts),
             dead_letter_stream=self.dead_letter_stream,
+            metrics=config.metrics,
         )
         self.heartbeat = Heartbeat(
             self,
@@ -267,6 +272,7 @@ class Run:
                     "the offset in %r",
                     self.client.base_url,
                     self.store,
+                    extra=self.log_fields,
                 )
             else:
                 self._registry = True
@@ -306,14 +312,24 @@ class Run:
         if not self._subscriptions_ready:
             for spec in self.config.subscription_specs:
                 created = await self.client.put_subscription(spec.id, spec.body(self._wake_stream))
-                logger.info("subscription %r %s", spec.id, "created" if created else "confirmed")
+                logger.info(
+                    "subscription %r %s",
+                    spec.id,
+                    "created" if created else "confirmed",
+                    extra={**self.log_fields, "subscription": spec.id},
+                )
             self._subscriptions_ready = True
         if self.cursor is None:
             assert self.store is not None
             saved = await self.store.load()
             offset = saved or self.config.settings.initial_offset
             self.cursor = WakeCursor(offset)
-            logger.info("reading wake stream %r from offset %s", self._wake_stream, offset)
+            logger.info(
+                "reading wake stream %r from offset %s",
+                self._wake_stream,
+                offset,
+                extra=self.log_fields,
+            )
         return self.cursor
 
     async def open_wake_stream(self, cursor: WakeCursor) -> WakeStreamConnection:
@@ -444,7 +460,7 @@ class Run:
         self.diagnostics.reconnect_count += 1
         if len(self.config.urls) > 1:
             self.client.rotate()
-        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay)
+        logger.info("%s: reconnecting in %.3f s", self.runner_id, delay, extra=self.log_fields)
         await self._clock.sleep(delay)
         return None
 
@@ -458,10 +474,19 @@ class Run:
                 try:
                     await self.persist_offset()
                 except OSError as exc:
-                    logger.error("%s: could not save the wake offset: %s", self.runner_id, exc)
+                    logger.error(
+                        "%s: could not save the wake offset: %s",
+                        self.runner_id,
+                        exc,
+                        extra=self.log_fields,
+                    )
                 sent = await self.heartbeat.final()
                 if sent:
-                    logger.info("%s: final heartbeat sent (status stopped)", self.runner_id)
+                    logger.info(
+                        "%s: final heartbeat sent (status stopped)",
+                        self.runner_id,
+                        extra=self.log_fields,
+                    )
         finally:
             await self.close()
         return None

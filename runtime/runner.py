@@ -38,6 +38,7 @@ import anyio.abc
 import attrs
 import httpx
 from anyio.abc import TaskGroup
+from prometheus_client import CollectorRegistry
 
 from pullwake.machines.lifecycle import LIFECYCLE
 
@@ -61,6 +62,7 @@ from .errors import (
     RuntimeFailure,
     StopTimeout,
 )
+from .metrics import RunnerMetrics
 from .offsets import OffsetStore
 from .run import Run, RunConfig, RunCounters
 from .settings import RunnerSettings, SubscriptionSpec
@@ -111,7 +113,8 @@ class Runner:
     :class:`SubscriptionSpec` values (created or re-confirmed on connect); ``None`` handles
     every wake on the wake stream. ``grace`` is how long, in seconds, running handlers may take
     to finish when the runner stops. ``offset_store`` defaults to the server's registry, or to
-    a local file when the server has none.
+    a local file when the server has none. ``metrics_registry``: register the runner's
+    Prometheus metrics there (:mod:`pullwake.runtime.metrics`); without it none are kept.
 
     Use ``async with Runner(...) as runner:`` (starts on entry, stops on exit), and within it
     ``await runner.stop()`` / ``await runner.start()`` as often as needed.
@@ -135,6 +138,7 @@ class Runner:
         inspect: Callable[[TransitionRecord], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         urls = [url] if isinstance(url, str) else list(url)
         if not urls:
@@ -175,6 +179,13 @@ class Runner:
         self._counters = RunCounters()
         # Written by start() only.
         self._starts = 0
+        # The fields of every log line of this runner (JSON logs carry them).
+        self._log_fields = {"runner_id": runner_id}
+        #: The runner's Prometheus metrics (:mod:`.metrics`), or None when none were asked for.
+        self.metrics: RunnerMetrics | None = None
+        if metrics_registry is not None:
+            self.metrics = RunnerMetrics(metrics_registry, runner_id)
+            self.metrics.bind(self)
         # What every run is given (the TLS context is made once and shared by all runs).
         self._config = RunConfig(
             self.urls,
@@ -191,6 +202,7 @@ class Runner:
             offset_store=offset_store,
             transport=transport,
             ssl_context=httpx.create_ssl_context(),
+            metrics=self.metrics,
         )
         # Invariant: the run in progress or the last one (closed after its drain); None before
         # the first start.
@@ -494,17 +506,19 @@ class Runner:
         """Observe one processed event: logs, diagnostics, why a run stopped, wait_state()."""
         if record.kind == "transition":
             self.diagnostics.status = record.target[-1]
-            logger.info("%s: %s", self.runner_id, describe(record))
+            logger.info("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
             if record.event == "rejected" and isinstance(record.error, RuntimeFailure):
                 # The refusal that ends this run travelled with the event: keep it to raise
                 # (the drain activity then ends the caller's block).
                 self._error = record.error
                 self.diagnostics.record_error(str(record.error))
-                logger.error("%s: stopping: %s", self.runner_id, record.error)
+                logger.error(
+                    "%s: stopping: %s", self.runner_id, record.error, extra=self._log_fields
+                )
         elif record.kind == "failed":
-            logger.error("%s: %s", self.runner_id, describe(record))
+            logger.error("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
         else:
-            logger.debug("%s: %s", self.runner_id, describe(record))
+            logger.debug("%s: %s", self.runner_id, describe(record), extra=self._log_fields)
         if self._changed is not None:
             self._changed.set()
             self._changed = None

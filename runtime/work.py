@@ -226,5 +226,13 @@ class Claim:
             f"(wake {self.wake_id}, generation {self.generation})"
         )
 
+    def log_fields(self) -> dict[str, object]:
+        """Return the fields of a log line about this claim (a log call's ``extra=``)."""
+        return {
+            "subscription": self.subscription_id,
+            "wake_id": self.wake_id,
+            "generation": self.generation,
+        }
+
     def __repr__(self) -> str:
         return f"<Claim {self.subscription_id!r} wake={self.wake_id} gen={self.generation}>"

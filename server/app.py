@@ -45,6 +45,8 @@ from pullwake.server.shutdown import ShutdownSignal
 from pullwake.server.store.base import Store
 
 log = logging.getLogger("pullwake.server")
+#: One DEBUG line per answered request (method, path, status, milliseconds).
+access_log = logging.getLogger("pullwake.server.access")
 
 SUBSCRIPTIONS = "/v1/stream/__ds/subscriptions/{sub_id}"
 _ALL_METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]
@@ -196,6 +198,15 @@ class Envelope:
             if not streaming:
                 self.metrics.request_seconds.labels(template, method).observe(
                     time.perf_counter() - began
+                )
+            if access_log.isEnabledFor(logging.DEBUG):
+                access_log.debug(
+                    "%s %s %s %.1f ms",
+                    method,
+                    scope["path"],
+                    status,
+                    (time.perf_counter() - began) * 1000,
+                    extra={"status": status},
                 )
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import anyio
 
 from pullwake.errors import PullwakeError
+from pullwake.logs import add_log_options, configure_logging
 from pullwake.options import add_option, port
 from pullwake.server.auth import parse_runner_token
 from pullwake.server.config import DEFAULT_DATABASE_URL, DEFAULT_PORT, ServerConfig
@@ -149,13 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HTTP server: uvicorn (asyncio only), hypercorn (asyncio or trio), or auto: "
         "uvicorn on asyncio, hypercorn on trio (default: %(default)s)",
     )
-    add_option(
-        parser,
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="stderr log level (default: %(default)s)",
-    )
+    add_log_options(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -230,11 +224,7 @@ def sqlite_database_problem(url: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; return the exit status."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
     except ValueError as exc:

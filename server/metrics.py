@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import platform
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from pullwake import __version__
 
 
 class Metrics:
     """The server's counters and the registry that exposes them at ``/metrics``."""
 
     def __init__(self) -> None:
+        # No ``_created`` series: they double the exposition and no dashboard reads them
+        # (prometheus_client's switch is process-wide; this server wants it either way).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "pullwake_http_requests",
@@ -45,10 +61,24 @@ class Metrics:
         )
         self.acks = Counter(
             "pullwake_acks",
-            "Acks and releases, by kind and outcome.",
+            "Acks, by kind (extend: a lease extension; done: the work finished) and outcome.",
             ["kind", "outcome"],
             registry=self.registry,
         )
+        self.releases = Counter(
+            "pullwake_releases",
+            "Claims given back without done, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.info = Info(
+            "pullwake_server",
+            "This server's version and Python.",
+            registry=self.registry,
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux /proc only).
+        ProcessCollector(registry=self.registry)
+        self.info.info({"version": __version__, "python": platform.python_version()})
         self.leases_expired = Counter(
             "pullwake_leases_expired",
             "Claim leases the sweeper cleared.",

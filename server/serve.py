@@ -39,6 +39,7 @@ from pullwake.server.auth import require_safe_bind
 from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, wall_clock_ms
 from pullwake.server.errors import UnsupportedHttpServer
+from pullwake.server.events import log_banner
 from pullwake.server.store.base import Store
 
 log = logging.getLogger("pullwake.server")
@@ -159,7 +160,7 @@ async def serve_app(
     gate = limits.ConnectionGate(limits.effective_cap(config.max_connections, fd_soft))
     sock = bind_socket(config.host, config.port)
     url = url_of(sock, config.host)
-    log.info("serving HTTP with %s", http)
+    log_banner(url, config, http)
     stopping = anyio.Event()
 
     def begin(reason: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pullwake.server import names
+from pullwake.server import events, names
 from pullwake.server.auth import Principal, subscription_not_visible
 from pullwake.server.bodies import (
     bool_field,
@@ -218,6 +218,7 @@ async def claim(request: Request) -> Response:
         ctx.metrics.claims.labels(_outcome(exc)).inc()
         raise
     ctx.metrics.claims.labels("ok").inc()
+    events.log_claim(sub_id, worker, won.wake_id, won.generation)
     return JSONResponse(
         {
             "wake_id": won.wake_id,
@@ -298,9 +299,11 @@ async def ack(request: Request) -> Response:
     try:
         result = await ctx.store.ack(sub_id, token, wake_id, generation, acks, done, ctx.clock())
     except ServerError as exc:
-        ctx.metrics.acks.labels("ack", _outcome(exc)).inc()
+        ctx.metrics.acks.labels("done" if done else "extend", _outcome(exc)).inc()
         raise
-    ctx.metrics.acks.labels("ack", "ok").inc()
+    ctx.metrics.acks.labels("done" if done else "extend", "ok").inc()
+    if done:
+        events.log_ack(sub_id, wake_id, generation)
     return JSONResponse({"ok": True, "next_wake": result.next_wake})
 
 
@@ -316,9 +319,10 @@ async def release(request: Request) -> Response:
     try:
         await ctx.store.release(sub_id, token, wake_id, generation, ctx.clock())
     except ServerError as exc:
-        ctx.metrics.acks.labels("release", _outcome(exc)).inc()
+        ctx.metrics.releases.labels(_outcome(exc)).inc()
         raise
-    ctx.metrics.acks.labels("release", "ok").inc()
+    ctx.metrics.releases.labels("ok").inc()
+    events.log_release(sub_id, wake_id, generation)
     return Response(status_code=204)
 
 

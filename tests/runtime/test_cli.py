@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -228,3 +229,84 @@ def test_health_prints_the_servers_verdict(
     assert "stopped cleanly" in stopped.stdout
     assert unknown.returncode == 3
     assert "404" in unknown.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str) -> str | None:
+    try:
+        answer = httpx.get(url, timeout=2)
+    except httpx.TransportError:
+        return None
+    return answer.text if answer.status_code == 200 else None
+
+
+@BACKENDS
+def test_run_serves_metrics_and_logs_json_lines(
+    server: ServerProcess, http: httpx.Client, tmp_path: Path, backend: str
+) -> None:
+    out = tmp_path / "handled.jsonl"
+    env = {**os.environ, "PULLWAKE_TEST_OUT": str(out), "PULLWAKE_LOG_FORMAT": "json"}
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    proc = pullwake(
+        *run_args(server, "record", "--backend", backend, "--metrics-port", port), env=env
+    )
+    try:
+        poll(lambda: streaming(http), "the runner to stream")
+        http.post("/v1/stream/jobs/a", json=[{"n": 1}]).raise_for_status()
+        poll(lambda: out.exists(), "the message to be handled")
+        poll(
+            lambda: (
+                'pullwake_runner_claims_total{outcome="succeeded",runner="r1"} 1.0'
+                in (scrape(url) or "")
+            ),
+            "the scrape to count the claim",
+        )
+        text = scrape(url) or ""
+    finally:
+        status, stderr = finish(proc, signal.SIGTERM)
+    assert status == 0, stderr
+    assert 'pullwake_runner_wakes_total{runner="r1"} 1.0' in text
+    assert 'pullwake_runner_state{runner="r1",state="streaming"} 1.0' in text
+    assert (
+        'pullwake_runner_handler_duration_seconds_count{runner="r1",subscription="s"} 1.0' in text
+    )
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in lines)
+    transitions = [e for e in lines if "--connected--> running/streaming" in e["message"]]
+    assert transitions
+    assert transitions[0]["runner_id"] == "r1"
+    # httpx's per-request INFO lines are off by default.
+    assert not [e for e in lines if e["logger"].startswith(("httpx", "httpcore"))]
+
+
+@BACKENDS
+def test_run_with_a_busy_metrics_port_exits_2_with_one_line(backend: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        proc = pullwake(
+            "run",
+            "tests.runtime.cli_handlers:record",
+            "--url",
+            "http://127.0.0.1:9",
+            "--runner-id",
+            "r1",
+            "--wake-stream",
+            "wake/r1",
+            "--backend",
+            backend,
+            "--metrics-port",
+            port,
+        )
+        status, stderr = finish(proc)
+    assert status == 2, stderr
+    assert f"pullwake run: cannot serve metrics on 127.0.0.1:{port}: " in stderr
+    assert "give a free --metrics-port" in stderr
+    assert "Traceback" not in stderr

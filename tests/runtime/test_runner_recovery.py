@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 
 from pullwake.runtime import Claim, Runner, RunnerError, SubscriptionSpec
 from tests.fixtures.servers import ServerFactory, ServerProcess
@@ -91,11 +92,15 @@ async def test_a_handler_that_always_raises_ends_in_the_dead_letter_stream_and_t
 ) -> None:
     handler = Picky()
     spec = SubscriptionSpec("jobs", pattern="jobs/*", max_attempts=3)
+    registry = CollectorRegistry()
     async with Producer(server.url) as producer:
         await producer.stream("wake/r1")
         await producer.stream("jobs/a")
         with anyio.fail_after(30):
-            async with runner_for(server.url, handler, subscriptions=[spec]) as runner:
+            runner = runner_for(
+                server.url, handler, subscriptions=[spec], metrics_registry=registry
+            )
+            async with runner:
                 await runner.wait_state("streaming")
                 await producer.append("jobs/a", {"poison": True, "n": 1})
                 await wait_until(lambda: runner.health()["dead_lettered"] == 1)
@@ -120,6 +125,8 @@ async def test_a_handler_that_always_raises_ends_in_the_dead_letter_stream_and_t
     assert letter["after_offset"] != letter["offset"]
     assert health["dead_lettered"] == 1
     assert health["handler_failures"] == 3
+    dead = {"runner": "r1", "subscription": "jobs"}
+    assert registry.get_sample_value("pullwake_runner_dead_lettered_total", dead) == 1
     assert any("dead-letter" in problem for problem in health["problems"])
     assert claim.status_code == 409, claim.text
     assert claim.json()["error"]["code"] == "NO_PENDING_WORK"
