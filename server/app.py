@@ -4,7 +4,7 @@ Routes (docs/server.md has the full table):
 
 * ``/v1/stream/__ds/subscriptions/{id}[/streams[/{path}]|/claim|/ack|/release]``: pull-wake
   subscriptions. Routed **before** ordinary streams; anything else under ``__ds`` is 404
-  (webhook-only routes say ``UNSUPPORTED_FEATURE``).
+  (webhook subscriptions: the callback route and the JWKS, see ``webhooks.py``).
 * ``/v1/stream/{path}``: Durable Streams (PUT, POST, GET, HEAD, DELETE).
 * ``/v1/runners``, ``/v1/runners/{id}[/heartbeat|/health]``: the runner registry.
 * ``/healthz`` (liveness of the server itself) and ``/metrics`` (Prometheus).
@@ -240,8 +240,8 @@ def _routes() -> list[Route]:
         Route(f"{SUBSCRIPTIONS}/claim", subscriptions.claim, methods=["POST"]),
         Route(f"{SUBSCRIPTIONS}/ack", subscriptions.ack, methods=["POST"]),
         Route(f"{SUBSCRIPTIONS}/release", subscriptions.release, methods=["POST"]),
-        Route(f"{SUBSCRIPTIONS}/callback", subscriptions.webhook_only, methods=["POST"]),
-        Route("/v1/stream/__ds/jwks.json", subscriptions.webhook_only, methods=["GET"]),
+        Route(f"{SUBSCRIPTIONS}/callback", subscriptions.callback, methods=["POST"]),
+        Route("/v1/stream/__ds/jwks.json", subscriptions.jwks, methods=["GET"]),
         Route("/v1/stream/__ds", subscriptions.reserved, methods=_ALL_METHODS),
         Route("/v1/stream/__ds/{rest:path}", subscriptions.reserved, methods=_ALL_METHODS),
         Route(

@@ -9,7 +9,8 @@ only; hypercorn has an asyncio and a trio flavour. :func:`serve` binds the liste
 itself, so ``port=0`` yields a real port before anything is announced, then prints one line,
 ``pullwake server listening on http://HOST:PORT``, that scripts and tests wait for.
 
-Three tasks run side by side: the HTTP server, the lease sweeper (every ``lease_sweep_interval``
+Four tasks run side by side: the HTTP server, the webhook delivery loop (``webhooks.py``),
+the lease sweeper (every ``lease_sweep_interval``
 seconds it clears expired claim leases and re-wakes pending work, and removes streams whose TTL
 or expiry passed; with several processes on one
 PostgreSQL each sweeps, and the store's transactions make that safe), and the signal watcher.
@@ -41,6 +42,7 @@ from pullwake.server.context import AppContext, wall_clock_ms
 from pullwake.server.errors import UnsupportedHttpServer
 from pullwake.server.events import log_banner
 from pullwake.server.store.base import Store
+from pullwake.server.webhooks import deliver_webhooks, is_loopback_host
 
 log = logging.getLogger("pullwake.server")
 
@@ -119,6 +121,15 @@ async def sweep_leases(app: Starlette, interval: float) -> None:
             log.info("removed %d expired stream(s)", removed)
 
 
+async def deliver_app_webhooks(app: Starlette, base_url: str) -> None:
+    """Deliver the app's webhook wakes (``webhooks.py``), with ``base_url`` in callbacks."""
+    ctx = app.state.ctx
+    assert isinstance(ctx, AppContext)
+    await deliver_webhooks(
+        ctx.store, base_url, ctx.clock, allow_loopback=is_loopback_host(ctx.config.host)
+    )
+
+
 async def _hypercorn_serve(
     app: Starlette, hyper: HypercornConfig, shutdown_trigger: Callable[[], object]
 ) -> None:
@@ -192,6 +203,7 @@ async def serve_app(
 
             tg.start_soon(watch_stop)
         tg.start_soon(sweep_leases, app, config.lease_sweep_interval)
+        tg.start_soon(deliver_app_webhooks, app, url)
         (announce or _print_listening)(url)
 
         async def run_http() -> None:

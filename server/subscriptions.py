@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from pullwake.server import events, names
+from pullwake.server import events, names, webhooks
 from pullwake.server.auth import Principal, subscription_not_visible
 from pullwake.server.bodies import (
     bool_field,
@@ -53,8 +53,9 @@ def _link_json(link: LinkedStream) -> dict[str, Any]:
     return {"path": link.path, "link_type": link.link_type, "acked_offset": link.acked_offset}
 
 
-def subscription_json(sub: Subscription) -> dict[str, Any]:
-    """Return a subscription as ``GET .../subscriptions/{id}`` shows it."""
+def subscription_json(sub: Subscription, webhook: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return a subscription as ``GET .../subscriptions/{id}`` shows it (``webhook``: the
+    webhook view of a webhook subscription, see :func:`_webhook_view`)."""
     view: dict[str, Any] = {
         "id": sub.id,
         "subscription_id": sub.id,
@@ -72,7 +73,33 @@ def subscription_json(sub: Subscription) -> dict[str, Any]:
     }
     if sub.config.description is not None:
         view["description"] = sub.config.description
+    if webhook is not None:
+        view["webhook"] = webhook
+        del view["wake_stream"]
     return view
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+async def _webhook_view(ctx: AppContext, request: Request, sub: Subscription) -> dict[str, Any]:
+    """Return ``{url, signing: {alg, kid, jwks_url}}``: where the receiver finds the key."""
+    signer = await webhooks.load_signer(ctx.store)
+    return {
+        "url": sub.config.webhook_url,
+        "signing": {
+            "alg": "ed25519",
+            "kid": signer.kid,
+            "jwks_url": _base_url(request) + webhooks.JWKS_PATH,
+        },
+    }
+
+
+async def _shown(ctx: AppContext, request: Request, sub: Subscription) -> dict[str, Any]:
+    if sub.config.type != "webhook":
+        return subscription_json(sub)
+    return subscription_json(sub, await _webhook_view(ctx, request, sub))
 
 
 def _sub_id(request: Request) -> str:
@@ -105,16 +132,10 @@ async def _require_visible(ctx: AppContext, principal: Principal, sub_id: str) -
 def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
     """Validate a create body into a normalised configuration (or raise ``BadRequest``)."""
     kind = body.get("type")
-    if kind == "webhook":
-        # A 4xx, not a 5xx: clients retry 5xx answers, and this one will never change.
+    if kind not in ("pull-wake", "webhook"):
         raise BadRequest(
-            "pullwake serves pull-wake subscriptions only; webhook subscriptions are not "
-            "supported. Use type 'pull-wake' with a wake_stream.",
-            code="UNSUPPORTED_FEATURE",
-            feature="webhook subscriptions",
+            "The field 'type' must be 'pull-wake' or 'webhook'.", code="INVALID_REQUEST"
         )
-    if kind != "pull-wake":
-        raise BadRequest("The field 'type' must be 'pull-wake'.", code="INVALID_REQUEST")
     pattern = str_field(body, "pattern")
     if pattern is not None:
         pattern = names.check_pattern(pattern.strip("/")) if pattern else None
@@ -124,7 +145,19 @@ def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
             "A subscription needs a 'pattern', a 'streams' list, or both.",
             code="INVALID_REQUEST",
         )
-    wake_stream = _relative(str_field(body, "wake_stream", required=True) or "", "wake_stream")
+    webhook_url: str | None = None
+    if kind == "webhook":
+        hook = body.get("webhook")
+        if not isinstance(hook, dict):
+            raise BadRequest(
+                'A webhook subscription needs "webhook": {"url": "https://..."}.',
+                code="INVALID_REQUEST",
+            )
+        webhooks.url_shape(hook.get("url"))
+        webhook_url = str(hook["url"])
+        wake_stream = ""
+    else:
+        wake_stream = _relative(str_field(body, "wake_stream", required=True) or "", "wake_stream")
     lease_ttl_ms = int_field(
         body,
         "lease_ttl_ms",
@@ -138,6 +171,8 @@ def parse_config(body: dict[str, Any]) -> SubscriptionConfig:
         streams=tuple(streams),
         lease_ttl_ms=lease_ttl_ms,
         description=str_field(body, "description"),
+        type=kind,
+        webhook_url=webhook_url,
     )
 
 
@@ -148,15 +183,20 @@ async def put(request: Request) -> Response:
     sub_id = _sub_id(request)
     ctx.policy.require_admin(principal, "create subscriptions")
     config = parse_config(await read_json_object(request, ctx.config.max_body_bytes))
+    if config.webhook_url is not None:
+        await webhooks.check_webhook_url(
+            config.webhook_url, allow_loopback=webhooks.is_loopback_host(ctx.config.host)
+        )
     created, sub = await ctx.store.put_subscription(sub_id, config, ctx.clock())
-    return JSONResponse(subscription_json(sub), status_code=201 if created else 200)
+    return JSONResponse(await _shown(ctx, request, sub), status_code=201 if created else 200)
 
 
 async def get(request: Request) -> Response:
     """Return a subscription with its links and cursors."""
     ctx = context_of(request)
     principal = ctx.auth.authenticate(request.headers)
-    return JSONResponse(subscription_json(await _visible(ctx, principal, _sub_id(request))))
+    sub = await _visible(ctx, principal, _sub_id(request))
+    return JSONResponse(await _shown(ctx, request, sub))
 
 
 async def delete(request: Request) -> Response:
@@ -326,15 +366,16 @@ async def release(request: Request) -> Response:
     return Response(status_code=204)
 
 
-async def webhook_only(request: Request) -> Response:
-    """Answer 404 for webhook-only routes (callback, JWKS): no webhook subscription, callback
-    or signing key can exist here (a 4xx, since clients retry 5xx answers)."""
-    raise NotFound(
-        "pullwake serves pull-wake subscriptions only; webhook callbacks and signing keys "
-        "are not supported.",
-        code="UNSUPPORTED_FEATURE",
-        feature="webhook subscriptions",
-    )
+async def callback(request: Request) -> Response:
+    """Ack a webhook wake with the ``callback_token`` of its delivery (the ack route's rules:
+    200 ``{ok, next_wake}``, 409 ``FENCED`` for a stale generation or wake id)."""
+    return await ack(request)
+
+
+async def jwks(request: Request) -> Response:
+    """Serve the public key that signs webhook deliveries, as a JSON Web Key Set."""
+    signer = await webhooks.load_signer(context_of(request).store)
+    return JSONResponse({"keys": [signer.jwk()]}, media_type="application/jwk-set+json")
 
 
 _ALLOWED_BY_SHAPE = (

@@ -123,14 +123,19 @@ class AppendResult:
 
 @attrs.frozen
 class SubscriptionConfig:
-    """A pull-wake subscription's configuration, normalised (sorted streams, defaults set)."""
+    """A subscription's configuration, normalised (sorted streams, defaults set).
+
+    A ``pull-wake`` subscription appends wake events to ``wake_stream``; a ``webhook`` one has
+    no wake stream (``""``) and is woken by a signed POST to ``webhook_url`` instead."""
 
     wake_stream: str
     pattern: str | None = None
     streams: tuple[str, ...] = ()
     lease_ttl_ms: int = DEFAULT_LEASE_TTL_MS
     description: str | None = None
-    type: Literal["pull-wake"] = "pull-wake"
+    type: Literal["pull-wake", "webhook"] = "pull-wake"
+    #: Invariant: set exactly when ``type`` is ``webhook``.
+    webhook_url: str | None = None
 
 
 @attrs.frozen
@@ -397,6 +402,17 @@ class Store(Protocol):
 
     async def expire_leases(self, now_ms: int) -> int:
         """Clear every lease past its expiry and re-wake pending work; return how many."""
+        ...
+
+    # webhooks -----------------------------------------------------------------------------
+    async def webhook_key_seed(self, fresh: str) -> str:
+        """Return the stored Ed25519 seed (base64url) that signs webhook deliveries, storing
+        ``fresh`` when there is none yet, so a restart keeps the key and its ``kid``."""
+        ...
+
+    async def woken_webhooks(self) -> tuple[str, ...]:
+        """Return the ids of webhook subscriptions with a wake in flight that nobody holds:
+        the deliveries the server owes."""
         ...
 
     # runner registry ----------------------------------------------------------------------

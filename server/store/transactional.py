@@ -339,6 +339,14 @@ class TransactionalStore:
     async def expire_leases(self, now_ms: int) -> int:
         return await self._call(rules.expire_leases, now_ms)
 
+    # -- webhooks -------------------------------------------------------------------------------
+
+    async def webhook_key_seed(self, fresh: str) -> str:
+        return await self._call(rules.load_webhook_key, fresh)
+
+    async def woken_webhooks(self) -> tuple[str, ...]:
+        return await self._call(rules.woken_webhooks, write=False)
+
     # -- runner registry ------------------------------------------------------------------------
 
     async def register_runner(

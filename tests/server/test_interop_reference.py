@@ -33,6 +33,12 @@ DELIBERATE: dict[str, tuple[Any, Any, str]] = {
         "pullwake refuses '..' segments in stream paths (path traversal); the reference "
         "creates a stream named with them",
     ),
+    "put webhook subscription": (
+        400,
+        201,
+        "pullwake serves webhook subscriptions (a loopback receiver is allowed while the server "
+        "listens on loopback); the reference, as started here, says they are not enabled",
+    ),
     "sse every data has its control": (
         False,
         True,

@@ -333,10 +333,13 @@ async def test_explicit_links_add_and_remove(store: Store) -> None:
     await store.add_streams("sub", ["solo"], T0)  # idempotent
     sub = await store.subscription("sub")
     links = {s.path: s for s in sub.streams}
-    assert set(links) == {"events/a", "solo"}
+    assert set(links) == {"events/a", "later", "solo"}
     assert links["solo"].link_type == "explicit"
     assert not links["solo"].has_pending  # linked at the tail
     assert links["events/a"].link_type == "explicit"
+    # A name whose stream does not exist yet shows as an explicit link at the start.
+    assert links["later"].link_type == "explicit"
+    assert links["later"].acked_offset == links["later"].tail_offset == "0" * 20
 
     # A named stream that does not exist yet is linked when it is created.
     await store.create_stream("later", "application/json", T0)
@@ -358,7 +361,8 @@ async def test_config_streams_are_explicit_links(store: Store) -> None:
     await store.create_stream("x", "application/json", T0)
     await make_subscription(store, pattern=None, streams=("x", "y"))
     assert [(s.path, s.link_type) for s in (await store.subscription("sub")).streams] == [
-        ("x", "explicit")
+        ("x", "explicit"),
+        ("y", "explicit"),
     ]
     await store.create_stream("y", "application/json", T0)
     assert [s.path for s in (await store.subscription("sub")).streams] == ["x", "y"]

@@ -30,6 +30,7 @@ One module per aggregate; imports point down this list, never up:
 * ``streams``     -- the stream operations (append offers wakes through ``wakes``; closure).
 * ``runners``     -- the runner registry.
 * ``settings``    -- store-wide settings (the token-signing secret).
+* ``webhooks``    -- the webhook signing key, and the webhook wakes owed a delivery.
 
 This package re-exports every operation, so a store calls ``rules.<operation>``.
 """
@@ -63,6 +64,7 @@ from pullwake.server.store.rules.wakes import (
     expire_leases,
     release,
 )
+from pullwake.server.store.rules.webhooks import load_webhook_key, woken_webhooks
 
 __all__ = [
     "CommitThenRaise",
@@ -79,6 +81,7 @@ __all__ = [
     "expire_streams",
     "heartbeat",
     "load_secret",
+    "load_webhook_key",
     "normalise_config",
     "put_subscription",
     "read",
@@ -91,4 +94,5 @@ __all__ = [
     "streams_due",
     "subscription",
     "touch_stream",
+    "woken_webhooks",
 ]

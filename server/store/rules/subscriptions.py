@@ -36,12 +36,26 @@ def normalise_config(config: SubscriptionConfig) -> SubscriptionConfig:
     Streams are sorted and de-duplicated; ``lease_ttl_ms`` must be 1000..600000. Raises
     ``BadRequest`` (``INVALID_SUBSCRIPTION``, ``INVALID_PATH``, ``INVALID_PATTERN``).
     """
-    if config.type != "pull-wake":
+    if config.type == "webhook":
+        if not isinstance(config.webhook_url, str) or not config.webhook_url:
+            raise BadRequest(
+                "a webhook subscription needs a webhook URL", code="INVALID_SUBSCRIPTION"
+            )
+        if config.wake_stream != "":
+            raise BadRequest(
+                "a webhook subscription has no wake stream", code="INVALID_SUBSCRIPTION"
+            )
+    elif config.type == "pull-wake":
+        if config.webhook_url is not None:
+            raise BadRequest(
+                "a pull-wake subscription has no webhook URL", code="INVALID_SUBSCRIPTION"
+            )
+        check_path(config.wake_stream, "wake_stream")
+    else:
         raise BadRequest(
-            f"subscription type {config.type!r} is not served: use 'pull-wake'",
+            f"subscription type {config.type!r} is not served: use 'pull-wake' or 'webhook'",
             code="INVALID_SUBSCRIPTION",
         )
-    check_path(config.wake_stream, "wake_stream")
     if config.pattern is not None:
         compile_glob(config.pattern)
     streams = tuple(sorted({check_path(path, "stream in 'streams'") for path in config.streams}))
@@ -161,11 +175,26 @@ def load_links(tx: Transaction, sub_id: str) -> list[Link]:
     ]
 
 
+def _named_only(tx: Transaction, sub_id: str, linked: set[str]) -> list[LinkedStream]:
+    """Return the explicit names whose stream does not exist (yet): shown as explicit links at
+    the start, where the stream's link begins once it is created."""
+    start = format_offset(0)
+    return [
+        LinkedStream(path, "explicit", start, start)
+        for (path,) in tx.fetchall(
+            "SELECT path FROM subscription_names WHERE sub_id = ? ORDER BY path", (sub_id,)
+        )
+        if path not in linked
+    ]
+
+
 def subscription_view(tx: Transaction, sub: SubRow) -> Subscription:
+    links = [link.linked() for link in load_links(tx, sub.id)]
+    links += _named_only(tx, sub.id, {link.path for link in links})
     return Subscription(
         id=sub.id,
         config=sub.config,
-        streams=tuple(link.linked() for link in load_links(tx, sub.id)),
+        streams=tuple(sorted(links, key=lambda link: link.path)),
         created_at_ms=sub.created_at_ms,
         generation=sub.generation,
         wake_id=sub.wake_id,
@@ -220,10 +249,10 @@ def put_subscription(
                 code="SUBSCRIPTION_EXISTS",
             )
         return False, subscription_view(tx, existing)
-    wake = find_stream(tx, config.wake_stream)
-    if wake is None:
+    wake = find_stream(tx, config.wake_stream) if config.type == "pull-wake" else None
+    if wake is None and config.type == "pull-wake":
         insert_stream(tx, config.wake_stream, WAKE_CONTENT_TYPE, now_ms)
-    elif not is_json(wake[2]):
+    elif wake is not None and not is_json(wake[2]):
         raise BadRequest(
             f"wake stream {config.wake_stream!r} has content type {wake[2]!r}: wake events are "
             "JSON, so use an application/json stream",
@@ -231,8 +260,16 @@ def put_subscription(
         )
     tx.execute(
         "INSERT INTO subscriptions (id, config_json, wake_stream, pattern, lease_ttl_ms, "
-        "created_at_ms, generation) VALUES (?, ?, ?, ?, ?, ?, 0)",
-        (sub_id, config_json, config.wake_stream, config.pattern, config.lease_ttl_ms, now_ms),
+        "created_at_ms, generation, webhook_url) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+        (
+            sub_id,
+            config_json,
+            config.wake_stream,
+            config.pattern,
+            config.lease_ttl_ms,
+            now_ms,
+            config.webhook_url,
+        ),
     )
     for path in config.streams:
         tx.execute("INSERT INTO subscription_names (sub_id, path) VALUES (?, ?)", (sub_id, path))

@@ -35,6 +35,7 @@ from pullwake.server.store.rules.subscriptions import (
     subscription_view,
 )
 from pullwake.server.store.rules.transaction import CommitThenRaise, Transaction, check_int
+from pullwake.server.store.rules.webhooks import WEBHOOK_WORKER
 from pullwake.server.store.tokens import TokenClaims, sign_token, verify_token
 
 
@@ -120,7 +121,12 @@ def _event(
     known: bool | None = None
     if wake_table.needs_pending(sub.wake_state(), kind, now_ms):
         pending = _pending_paths(load_links(tx, sub.id) if links is None else links)
-        if pending and kind != "claim" and not _takes_events(tx, sub.config.wake_stream):
+        if (
+            pending
+            and kind != "claim"
+            and sub.config.type == "pull-wake"
+            and not _takes_events(tx, sub.config.wake_stream)
+        ):
             # A closed or soft-deleted wake stream takes no event: the work waits unwoken
             # (a claim still finds it).
             pending = []
@@ -173,7 +179,8 @@ def _apply(
             "(SELECT tail_seq FROM streams WHERE streams.id = links.stream_id) WHERE sub_id = ?",
             (sub.id,),
         )
-    if decision.wake_event:
+    if decision.wake_event and sub.config.type == "pull-wake":
+        # A webhook wake has no wake stream: the delivery loop finds it (``webhooks.py``).
         stream_path = trigger if trigger is not None and trigger in pending else pending[0]
         event = _wake_event(sub.id, stream_path, new.generation, now_ms)
         _append_wake(tx, sub.config.wake_stream, event, now_ms, [] if wakes is None else wakes)
@@ -226,6 +233,12 @@ def claim(tx: Transaction, secret: str, sub_id: str, worker: str, now_ms: int) -
     check_identifier(worker, "worker")
     check_int(now_ms, "now_ms")
     sub = require_sub(tx, sub_id, lock=True)
+    if sub.config.type == "webhook" and worker != WEBHOOK_WORKER:
+        raise Conflict(
+            f"subscription {sub_id!r} is a webhook subscription: the server delivers its wakes "
+            "to its URL, so nobody claims them; ack a delivery through its callback_url",
+            code="WEBHOOK_SUBSCRIPTION",
+        )
     links = load_links(tx, sub_id)
     event, pending = _event(tx, sub, "claim", now_ms, links=links, worker=worker)
     decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
