@@ -67,7 +67,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
         headers["allow"] = str(exc.extra.pop("allow", ""))
     if exc.status == 408:
         headers["connection"] = "close"
-    if exc.status >= 500 and exc.status != 501:
+    if exc.status >= 500:
         log.warning("answering %s %s: %s", exc.status, exc.code, exc.message)
     return error_response(exc.status, exc.body(), headers)
 

@@ -18,7 +18,6 @@ against the classes)::
             ├── Conflict            409  ALREADY_CLAIMED, NO_PENDING_WORK, FENCED, ...
             ├── PayloadTooLarge     413
             ├── UnsupportedMedia    415
-            ├── NotImplementedYet   501  a part of the protocol pullwake does not serve
             └── StoreUnavailable    503  the database cannot be reached (retry later)
 
     Exception                       internal signals, caught inside server/, never answered
@@ -118,11 +117,6 @@ class PayloadTooLarge(StoreError):
 class UnsupportedMedia(StoreError):
     status = 415
     default_code = "UNSUPPORTED_MEDIA_TYPE"
-
-
-class NotImplementedYet(StoreError):
-    status = 501
-    default_code = "NOT_IMPLEMENTED"
 
 
 class StoreUnavailable(StoreError):
