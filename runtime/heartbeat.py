@@ -46,11 +46,16 @@ from .actor import ActivityContext, Outcome
 from .client import Client, describe_failure
 from .clock import Clock, wall_time
 from .diagnostics import Diagnostics
-from .errors import NotFound, Rejected, RequestFailed
+from .errors import NotFound, Rejected, RequestFailed, TransientError
 
 __all__ = ["Heartbeat", "HeartbeatHost"]
 
 logger = logging.getLogger("pullwake.heartbeat")
+
+#: The final heartbeat of a clean stop is tried this often on a transient failure (within the
+#: stop's bound), pausing FINAL_RETRY_PAUSE, then twice that, between tries.
+FINAL_ATTEMPTS = 3
+FINAL_RETRY_PAUSE = 0.2
 
 #: Fraction of ``probe_interval`` that is random: each probe pause is in ``[p/2, p]``.
 PROBE_JITTER = 0.5
@@ -276,13 +281,24 @@ class Heartbeat:
         """
         if self._host.registry is not True:
             return False
-        try:
-            await self.beat(status="stopped")
-        except (RequestFailed, TimeoutError) as exc:
+        for attempt in range(FINAL_ATTEMPTS):
+            try:
+                await self.beat(status="stopped")
+            except TransientError as exc:
+                # A server that is itself recovering (its database restarting) answers 503 for
+                # a moment: try again briefly, or the runner would show expired, not offline.
+                if attempt + 1 < FINAL_ATTEMPTS:
+                    await self._clock.sleep(FINAL_RETRY_PAUSE * (attempt + 1))
+                    continue
+                failure: Exception = exc
+            except (RequestFailed, TimeoutError) as exc:
+                failure = exc
+            else:
+                return True
             logger.warning(
                 "final heartbeat failed: %s",
-                describe_failure(exc),
+                describe_failure(failure),
                 extra={"runner_id": self._host.runner_id},
             )
             return False
-        return True
+        return False
