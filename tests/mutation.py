@@ -57,6 +57,8 @@ TESTS_FOR = {
         "(heartbeat or probe or reset or lost or reconnect or stop_says_so or registers_again"
         " or saved_offset) and not without_a_registry",
     ],
+    # The pure wake/lease decision table: its own database-free tests pin every phase x event.
+    "server/store/rules/wake_table.py": ["tests/server/test_wake_table.py"],
     "server/store": [
         "tests/server/test_store_contract.py",
         "tests/server/test_promises_tokens.py",
