@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import anyio
 import attrs
+import httpx
 import pytest
 
 from pullwake.runtime.claims import ClaimStatistics
@@ -179,3 +180,58 @@ async def test_a_stop_during_the_done_ack_retries_releases_the_claim(anyio_backe
     assert fake.count("release") == 1
     assert fake.subscriptions["s"].holder is None
     assert pipeline.stats.releases == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "result", "counters"),
+    [
+        (None, "skipped: NO_PENDING_WORK", {"claims_skipped": 1}),
+        (401, "failed: rejected", {"claims_failed": 1}),
+        (400, "failed: refused: 400", {"claims_failed": 1}),
+    ],
+    ids=["no-pending-work", "rejected", "refused"],
+)
+async def test_a_claim_that_is_not_granted_says_why_in_the_statistics(
+    anyio_backend: str, answer: int | None, result: str, counters: dict[str, int]
+) -> None:
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    if answer is not None:
+        fake.append("a", 1)
+        fake.fail("claim", answer)
+    handler = Gated()
+    async with running_pipeline(fake, handler, rejected=[]) as pipeline:
+        pipeline.submit(Wake("s"))
+        await pipeline.wait_idle()
+    assert handler.claims == []
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=1, last_claim_result=result, **counters
+    )
+
+
+async def test_a_claim_retry_shows_what_failed_while_it_waits(anyio_backend: str) -> None:
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    fake.fail("claim", 503, httpx.ConnectError("refused"))
+    clock = ManualClock()
+    handler = Gated()
+    seen = []
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        for _ in range(2):
+            await clock.wait_sleepers(1)
+            await settle_down()
+            seen.append(snapshot(pipeline.stats))
+            clock.advance((clock.next_deadline() or 0) - clock.now())
+        await handler.wait_claims(1)
+        handler.gates[0].set()
+        await pipeline.wait_idle()
+    waiting = ClaimStatistics(wakes_submitted=1, wakes_queued=1)
+    assert seen == [
+        attrs.evolve(waiting, claim_retries=1, last_claim_result="retrying: 503"),
+        attrs.evolve(waiting, claim_retries=2, last_claim_result="retrying: network"),
+    ]
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=1, claims_succeeded=1, claim_retries=2, last_claim_result="succeeded: done"
+    )
