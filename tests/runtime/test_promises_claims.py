@@ -14,6 +14,7 @@ import pytest
 
 from pullwake.runtime.claims import ClaimStatistics
 from pullwake.runtime.clock import ManualClock
+from pullwake.runtime.offsets import Ticket
 from pullwake.runtime.work import Claim, Wake
 
 from .fakeserver import FakeServer
@@ -234,4 +235,37 @@ async def test_a_claim_retry_shows_what_failed_while_it_waits(anyio_backend: str
     ]
     assert snapshot(pipeline.stats) == ClaimStatistics(
         wakes_submitted=1, claims_succeeded=1, claim_retries=2, last_claim_result="succeeded: done"
+    )
+
+
+async def test_a_lane_waiting_out_its_failure_backoff_ends_at_once_on_stop(
+    anyio_backend: str,
+) -> None:
+    # close() cancels waiting workers at once; only claims in flight and handlers get the
+    # grace period. A worker pausing after a handler failure is waiting, so the stop must
+    # not sit out the (here 30 s) grace for it.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    clock = ManualClock()
+
+    async def handler(claim: Claim) -> None:
+        raise ValueError("poison")
+
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await pipeline.wait_idle()
+        queued = Ticket()
+        pipeline.submit(Wake("s"), queued)
+        await clock.wait_sleepers(1)
+        with anyio.fail_after(5):
+            assert await pipeline.close(grace=30, bound=1) == ()
+    assert fake.count("claim") == 1
+    assert not queued.settled
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=2,
+        claims_failed=1,
+        handler_failures=1,
+        releases=1,
+        last_claim_result="failed: handler raised ValueError",
     )
