@@ -298,3 +298,42 @@ async def test_every_failure_without_an_error_event_is_counted() -> None:
                 await actor.send("stop")
                 await actor.send("drained")
             assert actor.statistics().activity_failures == runs
+
+
+@pytest.mark.anyio
+async def test_an_external_event_and_an_activity_that_returns_are_recorded_and_counted() -> None:
+    # Found by make mutate: no test read an external event's origin, the record of an
+    # activity that returns without a done event, or the count of activities started.
+    async def quick_heartbeat(ctx: ActivityContext) -> str | None:
+        return None
+
+    records: list[TransitionRecord] = []
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(
+            LIFECYCLE, stubs.table() | {"heartbeat": quick_heartbeat}, inspect=records.append
+        ) as actor:
+            actor.send_nowait("start")
+            await actor.wait_state("connecting")
+            await settle()
+            configuration = actor.configuration
+            started = actor.statistics().activities_started
+            await actor.send("stop")
+            await actor.send("drained")
+            stopped = actor.statistics().activities_started
+    first = records[0]
+    assert (first.kind, first.event, first.origin) == ("transition", "start", "external")
+    finished = [r for r in records if r.kind == "finished"]
+    assert finished == [
+        TransitionRecord(
+            "finished",
+            None,
+            configuration,
+            configuration,
+            reason="activity 'heartbeat' returned and declares no done event",
+            origin="heartbeat",
+            at=finished[0].at,
+        )
+    ]
+    # Entering running/connecting starts heartbeat and connect; stopping starts drain.
+    assert (started, stopped) == (2, 3)
