@@ -337,3 +337,22 @@ async def test_an_external_event_and_an_activity_that_returns_are_recorded_and_c
     ]
     # Entering running/connecting starts heartbeat and connect; stopping starts drain.
     assert (started, stopped) == (2, 3)
+
+
+@pytest.mark.anyio
+async def test_a_done_event_carries_no_error() -> None:
+    async def quick_connect(ctx: ActivityContext) -> str | None:
+        return None
+
+    records: list[TransitionRecord] = []
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(
+            LIFECYCLE, stubs.table() | {"connect": quick_connect}, inspect=records.append
+        ) as actor:
+            await actor.send("start")
+            await actor.wait_state("streaming")
+            await actor.send("stop")
+            await actor.send("drained")
+    connected = [r for r in records if r.event == "connected"]
+    assert [(r.kind, r.origin, r.error) for r in connected] == [("transition", "connect", None)]
