@@ -47,7 +47,7 @@ TESTS_FOR = {
         "-k",
         "not biased",
     ],
-    "runtime/claims.py": ["tests/runtime/test_claims.py"],
+    "runtime/claims.py": ["tests/runtime/test_claims.py", "tests/runtime/test_promises_claims.py"],
     "runtime/heartbeat.py": [
         "tests/runtime/test_promises_runner.py",
         "tests/runtime/test_runner.py",
