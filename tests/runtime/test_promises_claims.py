@@ -269,3 +269,27 @@ async def test_a_lane_waiting_out_its_failure_backoff_ends_at_once_on_stop(
         releases=1,
         last_claim_result="failed: handler raised ValueError",
     )
+
+
+async def test_a_done_ack_that_fails_until_the_lease_ends_says_so(anyio_backend: str) -> None:
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=3_000)
+    fake.append("a", 1)
+    fake.fail("ack", *[503] * 50)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        handler.gates[0].set()
+        for _ in range(20):
+            await anyio.wait_all_tasks_blocked()
+            if fake.count("release"):
+                break
+            await clock.wait_sleepers(1)
+            clock.advance((clock.next_deadline() or clock.now()) - clock.now())
+        await pipeline.wait_idle()
+    assert fake.count("release") == 1
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=1, claims_failed=1, releases=1, last_claim_result="failed: done ack failed"
+    )
