@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pullwake.machines import LIFECYCLE
-from pullwake.runtime.actor import ActivityContext, Actor, TransitionRecord
+from pullwake.runtime.actor import ActivityContext, Actor, ActorStatistics, TransitionRecord
 
 BOUND = 10.0
 
@@ -356,3 +356,28 @@ async def test_a_done_event_carries_no_error() -> None:
             await actor.send("drained")
     connected = [r for r in records if r.event == "connected"]
     assert [(r.kind, r.origin, r.error) for r in connected] == [("transition", "connect", None)]
+
+
+@pytest.mark.anyio
+async def test_the_statistics_count_every_event_by_what_became_of_it() -> None:
+    # Found by make mutate: each counter was only ever checked at 0 or 1, so "= 1" or "+= 2"
+    # for "+= 1" went unnoticed.
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(LIFECYCLE, stubs.table()) as actor:
+            for _ in range(2):
+                await actor.send("start")
+                await settle()
+                await actor.send("stop")
+                await actor.send("drained")
+                await actor.send("stop")  # ignored in stopped
+            stats = actor.statistics()
+    # Per run: start enters running/connecting (heartbeat, connect), stop exits both and
+    # enters stopping (drain), drained exits drain.
+    assert stats == ActorStatistics(
+        events=8,
+        transitions=6,
+        ignored=2,
+        activities_started=6,
+        activities_cancelled=6,
+    )
