@@ -62,7 +62,7 @@ clean:
 # each target's fast tests; prints the score and every surviving mutant. Not part of `make test`.
 # A target is a path, or path:function,function (only those functions of the file).
 MUTATE_TARGETS ?= machines runtime/actor.py runtime/claims.py runtime/heartbeat.py \
-	server/store/logic.py:_maybe_wake,_mint_wake,_expire_lease,claim,_authorise,ack,_end_claim,release,expire_leases,lease_live,lease_lapsed
+	server/store/rules/wake_table.py
 
 mutate: $(STAMP)
 	@$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,mutate]'

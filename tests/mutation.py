@@ -47,7 +47,7 @@ TESTS_FOR = {
         "-k",
         "not biased",
     ],
-    "runtime/claims.py": ["tests/runtime/test_claims.py"],
+    "runtime/claims.py": ["tests/runtime/test_claims.py", "tests/runtime/test_promises_claims.py"],
     "runtime/heartbeat.py": [
         "tests/runtime/test_promises_runner.py",
         "tests/runtime/test_runner.py",
@@ -56,6 +56,13 @@ TESTS_FOR = {
         # flaky under mutmut's slower trampolines (see docs/testing.md).
         "(heartbeat or probe or reset or lost or reconnect or stop_says_so or registers_again"
         " or saved_offset) and not without_a_registry",
+    ],
+    # The pure wake/lease decision table: its own database-free tests pin every phase x event.
+    # Not the import check: it reads the module's source, to which mutmut adds an import.
+    "server/store/rules/wake_table.py": [
+        "tests/server/test_wake_table.py",
+        "--deselect",
+        "tests/server/test_wake_table.py::test_the_table_imports_nothing_from_the_database_layer",
     ],
     "server/store": [
         "tests/server/test_store_contract.py",
@@ -159,6 +166,43 @@ def verdicts(stage: Path) -> dict[str, str]:
     return found
 
 
+#: Prints every named mutant's diff as one JSON object, in one process: ``mutmut show`` per
+#: mutant starts mutmut again each time (seconds apiece, minutes for a few hundred survivors).
+#: It uses mutmut 3's diff functions (the ``mutate`` extra pins mutmut below 4).
+_DIFFS = """
+import json, sys
+from mutmut.mutation.data import SourceFileMutationData
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.utils.file_utils import walk_mutatable_files
+wanted = set(sys.argv[1:])
+found = {}
+for path in walk_mutatable_files():
+    data = SourceFileMutationData(path=path)
+    data.load()
+    for name in wanted.intersection(data.exit_code_by_key):
+        found[name] = get_diff_for_mutant(name, path=path)
+print(json.dumps(found))
+"""
+
+
+def diffs(stage: Path, names: list[str]) -> dict[str, str]:
+    """Return each mutant's diff; falls back to ``mutmut show`` per mutant if that fails."""
+    if not names:
+        return {}
+    result = subprocess.run(
+        [sys.executable, "-c", _DIFFS, *names],
+        cwd=stage,
+        check=False,
+        text=True,
+        capture_output=True,
+    )
+    if result.returncode == 0:
+        found: dict[str, str] = json.loads(result.stdout)
+        if set(found) == set(names):
+            return found
+    return {name: mutmut(stage, "show", name, capture=True).rstrip() for name in names}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="+", help="path or path:func,func")
@@ -177,11 +221,13 @@ def main() -> None:
         lay_out(stage)
         patterns = configure(stage, targets, list(selection))
         mutmut(stage, "run", "--max-children", args.max_children, *patterns)
+        surviving = []
         for name, verdict in verdicts(stage).items():
             if any(fnmatch.fnmatchcase(name, p) for p in patterns):
                 results[name] = verdict
                 if verdict not in KILLED:
-                    shown[name] = mutmut(stage, "show", name, capture=True).rstrip()
+                    surviving.append(name)
+        shown.update(diffs(stage, surviving))
     survivors = sorted(shown)
     killed = len(results) - len(survivors)
     minutes = (time.monotonic() - started) / 60

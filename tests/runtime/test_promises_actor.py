@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pullwake.machines import LIFECYCLE
-from pullwake.runtime.actor import ActivityContext, Actor, TransitionRecord
+from pullwake.runtime.actor import ActivityContext, Actor, ActorStatistics, TransitionRecord
 
 BOUND = 10.0
 
@@ -298,3 +298,86 @@ async def test_every_failure_without_an_error_event_is_counted() -> None:
                 await actor.send("stop")
                 await actor.send("drained")
             assert actor.statistics().activity_failures == runs
+
+
+@pytest.mark.anyio
+async def test_an_external_event_and_an_activity_that_returns_are_recorded_and_counted() -> None:
+    # Found by make mutate: no test read an external event's origin, the record of an
+    # activity that returns without a done event, or the count of activities started.
+    async def quick_heartbeat(ctx: ActivityContext) -> str | None:
+        return None
+
+    records: list[TransitionRecord] = []
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(
+            LIFECYCLE, stubs.table() | {"heartbeat": quick_heartbeat}, inspect=records.append
+        ) as actor:
+            actor.send_nowait("start")
+            await actor.wait_state("connecting")
+            await settle()
+            configuration = actor.configuration
+            started = actor.statistics().activities_started
+            await actor.send("stop")
+            await actor.send("drained")
+            stopped = actor.statistics().activities_started
+    first = records[0]
+    assert (first.kind, first.event, first.origin) == ("transition", "start", "external")
+    finished = [r for r in records if r.kind == "finished"]
+    assert finished == [
+        TransitionRecord(
+            "finished",
+            None,
+            configuration,
+            configuration,
+            reason="activity 'heartbeat' returned and declares no done event",
+            origin="heartbeat",
+            at=finished[0].at,
+        )
+    ]
+    # Entering running/connecting starts heartbeat and connect; stopping starts drain.
+    assert (started, stopped) == (2, 3)
+
+
+@pytest.mark.anyio
+async def test_a_done_event_carries_no_error() -> None:
+    async def quick_connect(ctx: ActivityContext) -> str | None:
+        return None
+
+    records: list[TransitionRecord] = []
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(
+            LIFECYCLE, stubs.table() | {"connect": quick_connect}, inspect=records.append
+        ) as actor:
+            await actor.send("start")
+            await actor.wait_state("streaming")
+            await actor.send("stop")
+            await actor.send("drained")
+    connected = [r for r in records if r.event == "connected"]
+    assert [(r.kind, r.origin, r.error) for r in connected] == [("transition", "connect", None)]
+
+
+@pytest.mark.anyio
+async def test_the_statistics_count_every_event_by_what_became_of_it() -> None:
+    # Found by make mutate: each counter was only ever checked at 0 or 1, so "= 1" or "+= 2"
+    # for "+= 1" went unnoticed.
+    stubs = Stubs()
+    with anyio.fail_after(BOUND):
+        async with Actor(LIFECYCLE, stubs.table()) as actor:
+            for _ in range(2):
+                await actor.send("start")
+                await settle()
+                await actor.send("stop")
+                await actor.send("drained")
+                await actor.send("stop")  # ignored in stopped
+            stats = actor.statistics()
+    # Per run: start enters running/connecting (heartbeat, connect), stop exits both and
+    # enters stopping (drain), drained exits drain.
+    assert stats == ActorStatistics(
+        events=8,
+        transitions=6,
+        ignored=2,
+        activities_started=6,
+        activities_cancelled=6,
+    )

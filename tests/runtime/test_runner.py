@@ -168,20 +168,19 @@ async def test_a_final_heartbeat_that_meets_a_503_is_tried_again(anyio_backend: 
     heartbeat tries again, so the runner shows offline rather than expired (failure mode 9)."""
     fake = new_fake()
     clock = ManualClock()
-    async with bounded():
-        async with make_runner(fake, Recorder(), clock) as runner:
-            await runner.wait_state("streaming")
-            beats = len(fake.heartbeats)
-            fake.fail("heartbeat", 503, 503)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(runner.stop)
-                # The retries pause on the manual clock: move it on until the stop is done.
-                for _ in range(100):
-                    await anyio.wait_all_tasks_blocked()
-                    if runner.state == "stopped":
-                        break
-                    clock.advance(0.5)
-            assert runner.state == "stopped"
+    async with bounded(), make_runner(fake, Recorder(), clock) as runner:
+        await runner.wait_state("streaming")
+        beats = len(fake.heartbeats)
+        fake.fail("heartbeat", 503, 503)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.stop)
+            # The retries pause on the manual clock: move it on until the stop is done.
+            for _ in range(100):
+                await anyio.wait_all_tasks_blocked()
+                if runner.state == "stopped":
+                    break
+                clock.advance(0.5)
+        assert runner.state == "stopped"
     assert len(fake.heartbeats) == beats + 1
     assert fake.heartbeats[-1]["diagnostics"]["status"] == "stopped"
 

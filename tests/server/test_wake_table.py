@@ -165,6 +165,43 @@ def test_the_body_must_name_the_current_claim_too() -> None:
     assert refusal_for(STATES["held"], ALICE, NOW) is None
 
 
+def test_a_token_must_name_the_current_wake_id_as_well_as_the_generation() -> None:
+    other_wake = attrs.evolve(ALICE, token_wake_id="w2")
+    assert refusal_for(STATES["held"], other_wake, NOW) == _refused(
+        "FENCED", "the token is for generation 3, the current one is 3"
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "message"),
+    [
+        (STATES["held"], Event("ack", NOW), "a 'ack' event needs the holder's credentials"),
+        (
+            STATES["lapsed"],
+            Event("done", NOW, pending=False),
+            "a 'done' event needs the holder's credentials",
+        ),
+        (
+            _IDLE,
+            Event("claim", NOW, pending=True, fresh_wake_id=FRESH),
+            "a claim event needs its worker",
+        ),
+        (_IDLE, Event("append", NOW, pending=True), "minting a generation needs a fresh_wake_id"),
+    ],
+    ids=[
+        "ack-without-credentials",
+        "lapsed-done-without-credentials",
+        "claim-without-worker",
+        "mint-without-wake-id",
+    ],
+)
+def test_an_incomplete_event_is_a_programming_error_that_says_what_is_missing(
+    state: WakeState, event: Event, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        decide(state, event)
+
+
 def test_acked_positions_never_move_backwards_or_past_the_tail() -> None:
     assert [acked_after(5, 9, position) for position in (4, 5, 7, 9, 10)] == [
         "behind",
