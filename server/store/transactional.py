@@ -3,12 +3,14 @@ once over a dialect that can run one synchronous transaction body in a worker th
 
 Theory of operation
 -------------------
-Every operation becomes ``await self._call(rules.<rule>, ...)``: the rule runs in a worker
-thread (``anyio.to_thread``, bounded by a :class:`anyio.CapacityLimiter` the size of the
-dialect's connection pool) inside one transaction the dialect opens and commits. The thread
-returns an :class:`Outcome`: the rule's value, the paths it changed, and an error to raise
-after commit (see ``rules.CommitThenRaise``). Back in the event loop the change board is told
-about the changed paths, so waiters are only ever touched from the loop.
+Every operation becomes ``await self._call(rules.<rule>, ...)``: the rule runs off the event
+loop inside one transaction the dialect opens and commits. By default (PostgreSQL) that is a
+worker thread (``anyio.to_thread``, bounded by a :class:`anyio.CapacityLimiter` the size of the
+dialect's connection pool) per call; a dialect may override :meth:`TransactionalStore._run` with
+threads of its own (SQLite: one writer thread that commits queued writes in groups). Either
+way the thread returns an :class:`Outcome`: the rule's value, the paths it changed, and an
+error to raise after commit (see ``rules.CommitThenRaise``). Back in the event loop the change
+board is told about the changed paths, so waiters are only ever touched from the loop.
 
 The thread call and the notification are shielded from cancellation together: a worker thread
 cannot be interrupted anyway, and a committed change must not lose its notification because
@@ -93,9 +95,6 @@ class TransactionalStore:
 
     #: Name used in messages ("SQLite", "PostgreSQL").
     dialect_name = "database"
-    #: True when the database takes one writer at a time (SQLite): writes then queue here, in
-    #: the event loop, instead of in the database's busy handler, which sleeps and retries.
-    single_writer = False
 
     def __init__(self, *, connections: int) -> None:
         self._changes = ChangeBoard()
@@ -104,9 +103,6 @@ class TransactionalStore:
         self._secret = ""
         # Invariant: moves only new -> open -> closed (or new -> closed).
         self._state: Literal["new", "open", "closed"] = "new"
-        # Held around each write transaction when single_writer (FIFO, so writers are served
-        # in the order they came).
-        self._write_lock = anyio.Lock() if self.single_writer else None
 
     # -- dialect hooks (worker threads) --------------------------------------------------------
 
@@ -184,11 +180,7 @@ class TransactionalStore:
 
     async def _call(self, body: Callable[..., T], *args: Any, write: bool = True) -> T:
         self._check_open()
-        if write and self._write_lock is not None:
-            async with self._write_lock:
-                outcome = await self._run(body, args, write)
-        else:
-            outcome = await self._run(body, args, write)
+        outcome = await self._run(body, args, write)
         await anyio.lowlevel.checkpoint_if_cancelled()
         if outcome.error is not None:
             raise outcome.error
@@ -196,6 +188,9 @@ class TransactionalStore:
         return value
 
     async def _run(self, body: Callable[..., Any], args: Sequence[Any], write: bool) -> Outcome:
+        """Run one transaction off the loop and tell the change board what it changed; shielded
+        from cancellation throughout. A dialect with threads of its own overrides this (and
+        must keep those promises); the default hops to a worker thread per call."""
         with anyio.CancelScope(shield=True):
             outcome: Outcome = await anyio.to_thread.run_sync(
                 self._transact_sync, body, args, write, limiter=self._limiter
