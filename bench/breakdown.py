@@ -35,11 +35,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("uvicorn + httptools", r"(^|/)(uvicorn|httptools)/"),
     ("hypercorn", r"(^|/)hypercorn/"),
     ("starlette", r"(^|/)starlette/"),
-    (
-        "anyio to_thread (thread hand-off)",
-        r"(^|/)anyio/(to_thread|from_thread)\.py|trio/_threads\.py",
-    ),
-    ("anyio (other)", r"(^|/)anyio/"),
+    ("anyio (incl. its to_thread hand-off)", r"(^|/)anyio/|(^|/)trio/_threads\.py"),
     ("sqlite3 module", r"(^|/)sqlite3/"),
     ("psycopg", r"(^|/)psycopg(_pool|_binary)?/"),
     ("pullwake.server.store (incl. its SQL calls)", r"(^|/)server/store/"),
@@ -60,7 +56,9 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 IDLE = re.compile(
     r"^(Condition\.wait \(threading|EpollSelector\.select \(selectors|"
     r"EpollIOManager\.get_events \(trio|Event\.wait \(threading|"
-    r"Thread\._wait_for_tstate_lock \(threading)"
+    r"Thread\._wait_for_tstate_lock \(threading|"
+    # psycopg's blocking wait for PostgreSQL's answer (the GIL released, in C).
+    r"(Base)?Connection\.wait \(psycopg/)"
 )
 #: The innermost frame, ``function (file:line)``.
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(:\d+)?\)$")

@@ -185,15 +185,21 @@ async def measure(levels: list[int], runs: int, report: Report, url: str, pid: i
 
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1000,5000", help="reader counts, ascending")
+    parser.add_argument(
+        "--levels", default=None, help="reader counts, ascending (1000,5000,10000; quick: 1000)"
+    )
     args = parse(parser)
+    chosen = args.levels or ("1000" if args.quick else "1000,5000,10000")
+    levels = [int(x) for x in chosen.split(",")]
     limit = raise_fd_limit()
     report = Report("connections.py", args)
-    needed = max(int(x) for x in args.levels.split(",")) + 200
+    needed = max(levels) + 200
     if limit < needed:
         raise SystemExit(f"the open-file limit is {limit}; {needed} are needed (ulimit -Hn)")
-    with pullwake_server(args=["--keepalive", str(KEEPALIVE)]) as server:
-        levels = [int(x) for x in args.levels.split(",")]
+    # The server's own cap (default 10,000) must leave room for the largest level, the
+    # producer's connection and a few being closed.
+    server_args = ["--keepalive", str(KEEPALIVE), "--max-connections", str(max(levels) + 100)]
+    with pullwake_server(args=server_args) as server:
         anyio.run(measure, levels, args.runs, report, server.url, server.pid)
     report.note(
         "readers: raw anyio sockets in the benchmark process, each on its own wake stream "

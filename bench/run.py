@@ -575,6 +575,7 @@ def write_document(
             (f"{lanes}: runner CPU per cycle", [k + ".runner_cycle" for k in base]),
             (f"{lanes}: server CPU", [k + ".server_cpu" for k in base]),
             (f"{lanes}: runner process CPU", [k + ".runner_cpu" for k in base]),
+            (f"{lanes}: producers' CPU (benchmark process)", [k + ".producer_cpu" for k in base]),
         ]
     doc.matrix(rows, ["", *(column_title(s, b) for s, b in COLUMNS)])
     doc.add(

@@ -30,6 +30,7 @@ and runner processes, a warm-up, then ``--runs`` windows of ``--seconds`` one af
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -63,7 +64,9 @@ async def windows(
         server_meter = CpuMeter(server.pid)
         runner_meters = [CpuMeter(pid) for pid in work.pids]
         pg_meter = TreeMeter(server.postgres_pid) if server.postgres_pid else None
+        producer_meter = CpuMeter(os.getpid())
         for _ in range(runs):
+            producer_meter.lap()
             server_meter.lap()
             for m in runner_meters:
                 m.lap()
@@ -75,6 +78,7 @@ async def windows(
             used_server = server_meter.lap()
             used_runner = sum(m.lap() for m in runner_meters)
             used_pg = pg_meter.lap() if pg_meter is not None else float("nan")
+            used_producer = producer_meter.lap()
             elapsed, cycles = t1 - t0, max(1, after - before)
             results.append(
                 {
@@ -85,6 +89,7 @@ async def windows(
                     "server_cpu": 100 * used_server / elapsed,
                     "runner_cpu": 100 * used_runner / elapsed,
                     "pg_cpu": 100 * used_pg / elapsed,
+                    "producer_cpu": 100 * used_producer / elapsed,
                 }
             )
     return results
@@ -120,6 +125,7 @@ SERIES = (
     (".runner_cycle", "runner CPU per cycle", "µs", 0),
     (".server_cpu", "server CPU", "% of a core", 0),
     (".runner_cpu", "runner processes' CPU", "% of a core", 0),
+    (".producer_cpu", "producers' CPU (the benchmark process)", "% of a core", 0),
 )
 PG_SERIES = (
     (".pg_cycle", "PostgreSQL processes' CPU per cycle", "µs", 0),
@@ -160,7 +166,9 @@ def main() -> int:
         for backend in backends:
             wanted_matrix = "matrix" in sections
             wanted_scaling = (
-                "scaling" in sections and backend == "asyncio" and name in args.scaling_servers
+                "scaling" in sections
+                and backend == "asyncio"
+                and name in args.scaling_servers.split(",")
             )
             wanted_profile = "profile" in sections and (name, backend) in PROFILE_CONFIGS
             if not (wanted_matrix or wanted_scaling or wanted_profile):
@@ -229,7 +237,7 @@ def main() -> int:
     )
     if profiles:
         report.note(
-            "profile: py-spy record --nonblocking --format raw -r 200 on the server and the "
+            "profile: py-spy record --format raw -r 200 on the server and the "
             "runner process during an 8-subscription run; samples folded by the file of the "
             "innermost frame (bench/breakdown.py)"
         )
