@@ -35,7 +35,10 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("uvicorn + httptools", r"(^|/)(uvicorn|httptools)/"),
     ("hypercorn", r"(^|/)hypercorn/"),
     ("starlette", r"(^|/)starlette/"),
-    ("anyio (incl. its to_thread hand-off)", r"(^|/)anyio/|(^|/)trio/_threads\.py"),
+    (
+        "anyio (incl. its to_thread hand-off)",
+        r"(^|/)anyio/|(^|/)trio/_threads\.py|(^|/)trio/_core/_thread_cache\.py",
+    ),
     ("sqlite3 module", r"(^|/)sqlite3/"),
     ("psycopg", r"(^|/)psycopg(_pool|_binary)?/"),
     ("pullwake.server.store (incl. its SQL calls)", r"(^|/)server/store/"),
@@ -45,7 +48,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("pullwake.runtime (other)", r"(^|/)(runtime|machines)/"),
     ("bench handler (one pipe write per call)", r"(^|/)runner_app\.py"),
     ("json", r"(^|/)json/"),
-    ("trio loop", r"(^|/)trio/"),
+    ("trio loop + socket calls", r"(^|/)trio/"),
     ("asyncio loop + socket calls", r"(^|/)asyncio/|^selectors\.py|^socket\.py"),
     ("threading (locks, conditions: waking threads)", r"^threading\.py|^queue\.py"),
     ("logging", r"(^|/)logging/"),
@@ -56,6 +59,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
 IDLE = re.compile(
     r"^(Condition\.wait \(threading|EpollSelector\.select \(selectors|"
     r"EpollIOManager\.get_events \(trio|Event\.wait \(threading|"
+    r"WorkerThread\._work \(trio/_core/_thread_cache|"
     r"Thread\._wait_for_tstate_lock \(threading|"
     # psycopg's blocking wait for PostgreSQL's answer (the GIL released, in C).
     r"(Base)?Connection\.wait \(psycopg/)"

@@ -25,7 +25,6 @@ import wire
 __all__ = ["Fleet", "create_streams", "fleet"]
 
 APP = Path(__file__).with_name("runner_app.py")
-WAIT = 30.0
 START_WAIT = 120.0
 
 
@@ -82,8 +81,10 @@ class Fleet:
                 answer = await http.post_json(path, {"i": i})
                 if answer.status not in (200, 204):
                     raise RuntimeError(f"append failed: {answer}")
-                with anyio.fail_after(WAIT):
-                    await event.wait()
+                # No bound here: a lane the runner is slow to serve (more subscriptions than
+                # its concurrency) shows as fewer cycles in the window, not as a failure; the
+                # windows are timed by the caller, and leaving the fleet cancels this.
+                await event.wait()
                 i += 1
 
 

@@ -386,7 +386,7 @@ class Document:
         if target.kind == "max":
             how = f"over by {figure.show(gap)} {figure.unit} ({value / bound:.1f}× the bound)"
         else:
-            how = f"short by {figure.show(gap)} {figure.unit} ({value / bound:.0%} of the bound)"
+            how = f"short by {figure.show(gap)} {figure.unit} (at {value / bound:.0%} of the bound)"
         return "**missed**", how
 
     def targets(self, targets: list[Target]) -> None:

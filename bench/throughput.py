@@ -30,6 +30,7 @@ and runner processes, a warm-up, then ``--runs`` windows of ``--seconds`` one af
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -79,7 +80,9 @@ async def windows(
             used_runner = sum(m.lap() for m in runner_meters)
             used_pg = pg_meter.lap() if pg_meter is not None else float("nan")
             used_producer = producer_meter.lap()
-            elapsed, cycles = t1 - t0, max(1, after - before)
+            elapsed = t1 - t0
+            # No cycle in a window: the per-cycle figures are undefined (shown as n/a).
+            cycles = (after - before) or math.nan
             results.append(
                 {
                     "rate": (after - before) / elapsed,
