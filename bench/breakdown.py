@@ -1,9 +1,10 @@
 """Fold py-spy samples into components: where a process's CPU per cycle goes.
 
 :func:`record` runs ``py-spy record --format raw`` (in the venv) against a process for a
-while; :func:`fold` reads the raw output (one line per distinct stack, ``frame;frame;...
-count``, innermost frame last) and gives each sample to a component by the file of its
-innermost frame: httpx, httpcore, uvicorn, starlette, anyio's thread hand-off,
+while; :func:`leaves` reads the raw output (one line per distinct stack, ``frame;frame;...
+count``, innermost frame last) into samples per innermost frame (what the benchmark saves),
+and :func:`fold` (when the document is written) gives each sample to a component by the file
+of its innermost frame: httpx, httpcore, uvicorn, starlette, anyio's thread hand-off,
 ``pullwake.server.store``, ``pullwake.runtime.claims``, json, the event loop, and so on
 (:data:`COMPONENTS`, first match wins). py-spy samples every thread; its own idle detection
 does not work on this machine (threads waiting in ``epoll`` or on a condition show up), so
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import anyio
 
-__all__ = ["COMPONENTS", "IDLE_NAME", "component", "fold", "py_spy", "record"]
+__all__ = ["COMPONENTS", "IDLE_NAME", "component", "fold", "leaves", "py_spy", "record"]
 
 #: (component, pattern on the innermost frame's file), first match wins.
 COMPONENTS: tuple[tuple[str, str], ...] = (
@@ -46,7 +47,10 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("pullwake.runtime.claims", r"(^|/)runtime/claims\.py"),
     ("pullwake.runtime.client", r"(^|/)runtime/client\.py"),
     ("pullwake.runtime (other)", r"(^|/)(runtime|machines)/"),
-    ("bench handler (one pipe write per call)", r"(^|/)runner_app\.py"),
+    (
+        "bench handler (a pipe write per call; wall time, mostly waking the reader)",
+        r"(^|/)runner_app\.py",
+    ),
     ("json", r"(^|/)json/"),
     ("trio loop + socket calls", r"(^|/)trio/"),
     ("asyncio loop + socket calls", r"(^|/)asyncio/|^selectors\.py|^socket\.py"),
@@ -117,13 +121,20 @@ def component(frame: str) -> str:
     return OTHER
 
 
-def fold(raw: str) -> Counter[str]:
-    """Return the samples of a py-spy raw profile per component."""
+def leaves(raw: str) -> Counter[str]:
+    """Return the samples of a py-spy raw profile per innermost frame (what is saved)."""
     counts: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        counts[component(leaf)] += int(count)
+        counts[stack.rsplit(";", 1)[-1]] += int(count)
+    return counts
+
+
+def fold(frames: dict[str, int]) -> Counter[str]:
+    """Return the samples per component, from the samples per innermost frame."""
+    counts: Counter[str] = Counter()
+    for frame, count in frames.items():
+        counts[component(frame)] += count
     return counts

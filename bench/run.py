@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from breakdown import IDLE_NAME, fold
 from figures import Figure, load
 from machine import describe
 from servers import REPO_ROOT
@@ -433,8 +434,9 @@ def profile_tables(doc: Document, profiles: dict[str, Any]) -> None:
             if "error" in data:
                 doc.add(f"{title}: no profile ({data['error']}).", "")
                 continue
-            idle = data.get("idle (waiting: dropped)", 0)
-            busy = {k: v for k, v in data.items() if k != "idle (waiting: dropped)"}
+            folded = fold(data.get("frames", {}))
+            idle = folded.pop(IDLE_NAME, 0)
+            busy = dict(folded)
             total = sum(busy.values())
             if not total:
                 doc.add(f"{title}: no busy samples.", "")
@@ -645,7 +647,8 @@ def write_document(
         "component of its innermost frame's file (`bench/breakdown.py`: httpx, uvicorn, "
         "starlette, anyio, pullwake.server.store, ...). Samples waiting in `epoll` or on a "
         "condition are left out; a worker thread inside SQLite's C code counts as "
-        "pullwake.server.store (the line that called it). The µs column is the share times "
+        "pullwake.server.store (the line that called it), and so does one sleeping in "
+        "SQLite's busy handler while another connection writes. The µs column is the share times "
         "the CPU per cycle of the same configuration in the throughput matrix. Samples are of "
         "wall time on running threads: on a busy machine a thread waiting for a core counts "
         "where it stands, so read the shares as a ranking.",

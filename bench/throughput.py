@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from breakdown import fold, record
+from breakdown import leaves, record
 from figures import Report, arguments, parse
 from fleet import fleet
 from machine import CpuMeter, TreeMeter
@@ -117,7 +117,7 @@ async def profiled(
                 tg.start_soon(one, side)
     for side, path in paths.items():
         error = errors.get(side)
-        out[side] = {"error": error} if error else dict(fold(path.read_text()))
+        out[side] = {"error": error} if error else {"frames": dict(leaves(path.read_text()))}
     return out
 
 
