@@ -1,7 +1,8 @@
 # pullwake: every target builds what it needs from the clone alone.
 #   make demo   run the main job (server on SQLite, a runner, a producer)
 #   make test   lint, type checks and the whole test suite (starts PostgreSQL itself)
-#   make bench  benchmarks (not tests): print figures you can quote
+#   make bench  benchmarks (not tests): write docs/performance.md (about 20 min;
+#               make bench BENCH_ARGS=--quick for a smoke run of every section)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -47,8 +48,9 @@ pytest: $(STAMP)
 	$(PY) -m pytest
 
 # Benchmarks compare against PostgreSQL and the npm reference server (installed on first use).
+BENCH_ARGS ?=
 bench: $(STAMP) postgres-tools
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # Regenerate the generated diagrams and tables in the docs from the chart (tests fail on drift).
 diagram: $(STAMP)

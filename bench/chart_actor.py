@@ -13,7 +13,7 @@ import sys
 import time
 
 import anyio
-from figures import Report, arguments
+from figures import Report, arguments, parse
 
 from pullwake.machines import LIFECYCLE, StepRecorder
 from pullwake.runtime.actor import ActivityContext, Actor
@@ -50,9 +50,9 @@ async def actor_events_per_second(n: int) -> float:
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=3000, help="events per run")
-    args = parser.parse_args()
+    args = parse(parser)
     report = Report("chart_actor.py", args)
-    n = args.events
+    n = args.events if not args.quick else min(args.events, 500)
     chart = [chart_events_per_second(n) for _ in range(args.runs)]
     report.add(
         "chart.event",

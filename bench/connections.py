@@ -1,11 +1,14 @@
 """Measure connection scale: N idle SSE readers on one pullwake server process.
 
-Run alone: ``.venv/bin/python bench/connections.py [--levels 1000,5000]``.
-One ``pullwake server`` (SQLite, default keepalive of 3 s) and, in this process, N readers
+Run alone: ``.venv/bin/python bench/connections.py [--levels 1000,5000,10000]``.
+One ``pullwake server`` (SQLite, default keepalive of 3 s, ``--max-connections`` raised above
+the largest level) and, in this process, N readers
 speaking the protocol the way an idle runner does: each holds ``GET /v1/stream/<its own wake
 stream>?offset=now&live=sse`` open on a raw anyio socket and reads bytes (no SSE parsing).
-The readers are opened level by level on the same server (the open-file limit is raised to
-its hard limit first). At each level, after the streams settle:
+The readers are opened level by level on the same server (the open-file limit of this
+process and so of the server it starts is raised to its hard limit first; each side holds one
+descriptor per reader, and the script stops with the limit it found when it is too low).
+At each level, after the streams settle:
 
 - **server RSS**, read at the start of each measurement window;
 - **server CPU for keepalives**: CPU the server used during windows of one keepalive interval
@@ -26,7 +29,7 @@ import time
 
 import anyio
 import wire
-from figures import Report, arguments
+from figures import Report, arguments, parse
 from machine import CpuMeter, rss_bytes
 from servers import pullwake_server, raise_fd_limit
 
@@ -111,7 +114,7 @@ async def windows(pid: int, count: int) -> tuple[list[float], list[float]]:
     return cpu, rss
 
 
-async def wake_reach(url: str, readers: list[Reader], trials: int) -> list[float]:
+async def wake_reach(url: str, readers: list[Reader], trials: int = TRIALS) -> list[float]:
     """Return ``trials`` times (ms) from an append to its reader seeing the data event."""
     rng = random.Random(7)
     times = []
@@ -122,7 +125,7 @@ async def wake_reach(url: str, readers: list[Reader], trials: int) -> list[float
             t0 = time.perf_counter()
             answer = await http.post_json(f"/v1/stream/scale/r{reader.index}", {"n": n})
             if answer.status not in (200, 204):
-                raise RuntimeError(f"append failed: {answer}")
+                raise RuntimeError(f"append failed: {answer.status} {answer.body!r}")
             with anyio.fail_after(10):
                 await reader.data.wait()
             times.append((time.perf_counter() - t0) * 1000)
@@ -182,19 +185,27 @@ async def measure(levels: list[int], runs: int, report: Report, url: str, pid: i
 
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument("--levels", default="1000,5000", help="reader counts, ascending")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--levels", default=None, help="reader counts, ascending (1000,5000,10000; quick: 1000)"
+    )
+    args = parse(parser)
+    chosen = args.levels or ("1000" if args.quick else "1000,5000,10000")
+    levels = [int(x) for x in chosen.split(",")]
     limit = raise_fd_limit()
     report = Report("connections.py", args)
-    needed = max(int(x) for x in args.levels.split(",")) + 200
+    needed = max(levels) + 200
     if limit < needed:
         raise SystemExit(f"the open-file limit is {limit}; {needed} are needed (ulimit -Hn)")
-    with pullwake_server(args=["--keepalive", str(KEEPALIVE)]) as server:
-        levels = [int(x) for x in args.levels.split(",")]
+    # The server's own cap (default 10,000) must leave room for the largest level, the
+    # producer's connection and a few being closed.
+    server_args = ["--keepalive", str(KEEPALIVE), "--max-connections", str(max(levels) + 100)]
+    with pullwake_server(args=server_args) as server:
         anyio.run(measure, levels, args.runs, report, server.url, server.pid)
     report.note(
         "readers: raw anyio sockets in the benchmark process, each on its own wake stream "
-        f"(offset=now, live=sse); windows of {KEEPALIVE} s (one keepalive interval)"
+        f"(offset=now, live=sse); windows of {KEEPALIVE} s (one keepalive interval); "
+        f"open-file limit {limit} (the server inherits it), server --max-connections "
+        f"{max(levels) + 100}"
     )
     report.save()
     return 0

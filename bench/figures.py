@@ -21,9 +21,11 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Figure", "Report", "arguments", "percentile"]
+__all__ = ["Figure", "Report", "arguments", "parse", "percentile"]
 
 RUNS = 5
+#: Runs per figure under ``--quick`` (a smoke run of every section: figures, not verdicts).
+QUICK_RUNS = 2
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -108,6 +110,8 @@ class Report:
         self.json_path: str | None = args.json
         self.figures: list[Figure] = []
         self.notes: list[str] = []
+        #: Anything else the script wants bench/run.py to have (saved as JSON as it is).
+        self.extra: dict[str, Any] = {}
         print(f"$ {self.command}", flush=True)
 
     def add(
@@ -137,6 +141,7 @@ class Report:
             "command": self.command,
             "figures": [f.as_json() for f in self.figures],
             "notes": self.notes,
+            **self.extra,
         }
         tmp = f"{self.json_path}.tmp"
         with open(tmp, "w") as out:
@@ -147,11 +152,29 @@ class Report:
 def arguments(description: str, runs: int = RUNS) -> argparse.ArgumentParser:
     """Return the argument parser every benchmark script shares (``--runs``, ``--json``)."""
     parser = argparse.ArgumentParser(description=description)
+    parser.set_defaults(default_runs=runs)
     parser.add_argument(
-        "--runs", type=int, default=runs, help="independent runs per figure (default: %(default)s)"
+        "--runs",
+        type=int,
+        default=None,
+        help=f"independent runs per figure (default: {runs}; {QUICK_RUNS} with --quick)",
     )
     parser.add_argument("--json", help="also save the figures to this JSON file (bench/run.py)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_RUNS} runs per figure unless --runs is given, shorter "
+        "windows and fewer samples (proves every section runs; quote no figure from it)",
+    )
     return parser
+
+
+def parse(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line; ``--quick`` lowers the default number of runs."""
+    args = parser.parse_args()
+    if args.runs is None:
+        args.runs = QUICK_RUNS if args.quick else args.default_runs
+    return args
 
 
 def load(path: Path) -> tuple[dict[str, Any], list[Figure]]:

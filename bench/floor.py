@@ -19,7 +19,7 @@ import time
 
 import anyio
 import httpx
-from figures import Report, arguments, percentile
+from figures import Report, arguments, parse, percentile
 
 REQUEST = b"GET /floor HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
@@ -80,7 +80,7 @@ async def httpx_round_trips(port: int, samples: int) -> list[float]:
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse(parser)
     if args.serve:
         serve()
         return 0
@@ -91,7 +91,8 @@ def main() -> int:
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        raw = [raw_round_trips(port, SAMPLES) for _ in range(args.runs)]
+        samples = SAMPLES // 5 if args.quick else SAMPLES
+        raw = [raw_round_trips(port, samples) for _ in range(args.runs)]
         report.add(
             "floor.raw.p50",
             "loopback HTTP round trip, raw sockets, p50",
@@ -106,7 +107,7 @@ def main() -> int:
             [percentile(r, 99) for r in raw],
             digits=3,
         )
-        client = [anyio.run(httpx_round_trips, port, SAMPLES // 3) for _ in range(args.runs)]
+        client = [anyio.run(httpx_round_trips, port, samples // 3) for _ in range(args.runs)]
         report.add(
             "floor.httpx.p50",
             "same round trip with httpx.AsyncClient (asyncio), p50",
@@ -115,7 +116,7 @@ def main() -> int:
             digits=3,
         )
         report.note(
-            f"each run: {SAMPLES} raw or {SAMPLES // 3} httpx exchanges after {WARMUP} warm-up "
+            f"each run: {samples} raw or {samples // 3} httpx exchanges after {WARMUP} warm-up "
             "ones, on one keep-alive connection to a blocking-socket server in another process"
         )
     finally:

@@ -1,7 +1,8 @@
 """Measure what one runner process costs: idle CPU and RSS, and CPU per wake.
 
-Run alone: ``.venv/bin/python bench/runner_cost.py``.
-A ``pullwake server`` (SQLite) and a child process, ``bench/runner_app.py``, that imports only
+Run alone: ``.venv/bin/python bench/runner_cost.py [--backends asyncio,trio]``.
+For each backend of the runner, a ``pullwake server`` (SQLite, asyncio) and a child process,
+``bench/runner_app.py --backend B``, that imports only
 what an application embedding a runner imports, runs one
 :class:`~pullwake.runtime.runner.Runner` with default settings on one subscription, and
 writes one line to stdout each time its handler starts. The parent reads the child's CPU time
@@ -25,27 +26,38 @@ import anyio
 import anyio.abc
 import wire
 from anyio.streams.buffered import BufferedByteReceiveStream
-from figures import Report, arguments
+from figures import Report, arguments, parse
 from machine import CpuMeter, rss_bytes
 from servers import pullwake_server
 
 HEARTBEAT = 5.0
 
 
-async def measure(url: str, runs: int, wakes: int, report: Report) -> None:
+async def measure(
+    url: str, runs: int, wakes: int, idle_seconds: float, backend: str, report: Report
+) -> None:
     async with await wire.connect(url) as http:
         for path in ("cost/wake", "cost/jobs"):
             await http.put_json(f"/v1/stream/{path}")
-    command = [sys.executable, str(Path(__file__).with_name("runner_app.py")), url]
+    app = str(Path(__file__).with_name("runner_app.py"))
+    command = [sys.executable, app, url, "--backend", backend]
     async with await anyio.open_process(command, stderr=None) as proc:
         try:
-            await drive(proc, url, runs, wakes, report)
+            await drive(proc, url, runs, wakes, idle_seconds, backend, report)
         finally:
             if proc.returncode is None:
                 proc.kill()
 
 
-async def drive(proc: anyio.abc.Process, url: str, runs: int, wakes: int, report: Report) -> None:
+async def drive(
+    proc: anyio.abc.Process,
+    url: str,
+    runs: int,
+    wakes: int,
+    idle_seconds: float,
+    backend: str,
+    report: Report,
+) -> None:
     """Measure the child ``proc`` (started, about to print ``ready``)."""
     assert proc.stdout is not None
     lines = BufferedByteReceiveStream(proc.stdout)
@@ -58,7 +70,7 @@ async def drive(proc: anyio.abc.Process, url: str, runs: int, wakes: int, report
     for _ in range(runs):
         meter.lap()
         t0 = time.perf_counter()
-        await anyio.sleep(HEARTBEAT)
+        await anyio.sleep(idle_seconds)
         used, t1 = meter.lap(), time.perf_counter()
         idle_cpu.append(100 * used / (t1 - t0))
         idle_rss.append(rss_bytes(proc.pid) / 1e6)
@@ -76,22 +88,29 @@ async def drive(proc: anyio.abc.Process, url: str, runs: int, wakes: int, report
             used, t1 = meter.lap(), time.perf_counter()
             per_wake.append(1e6 * (used - idle_rate * (t1 - t0)) / wakes)
     busy_rss = rss_bytes(proc.pid) / 1e6
-    report.add("runner.idle.cpu", "idle runner: CPU", "% of a core", idle_cpu, digits=2)
-    report.add("runner.idle.rss", "idle runner: RSS", "MB", idle_rss, digits=0)
-    report.add("runner.wake.cpu", "runner CPU per wake", "µs", per_wake, digits=0)
+    key, title = f"runner.{backend}", f"runner on {backend}"
+    report.add(f"{key}.idle.cpu", f"idle {title}: CPU", "% of a core", idle_cpu, digits=2)
+    report.add(f"{key}.idle.rss", f"idle {title}: RSS", "MB", idle_rss, digits=0)
+    report.add(f"{key}.wake.cpu", f"{title}: CPU per wake", "µs", per_wake, digits=0)
     report.note(
-        f"idle windows of {HEARTBEAT} s (one heartbeat interval) against pullwake server on "
-        f"SQLite; {wakes} wakes per run, one at a time; RSS after the wakes: {busy_rss:.0f} MB"
+        f"{title}: idle windows of {idle_seconds} s against pullwake server on SQLite "
+        f"(asyncio); {wakes} wakes per run, one at a time; RSS after the wakes: "
+        f"{busy_rss:.0f} MB"
     )
 
 
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument("--wakes", type=int, default=200, help="wakes per run")
-    args = parser.parse_args()
+    parser.add_argument("--wakes", type=int, default=None, help="wakes per run (default 200)")
+    parser.add_argument("--backends", default="asyncio,trio", help="the runner's backends")
+    args = parse(parser)
+    wakes = args.wakes or (50 if args.quick else 200)
+    # A quick run's idle windows are shorter than a heartbeat interval: a noisier figure.
+    idle_seconds = 2.0 if args.quick else HEARTBEAT
     report = Report("runner_cost.py", args)
-    with pullwake_server() as server:
-        anyio.run(measure, server.url, args.runs, args.wakes, report)
+    for backend in args.backends.split(","):
+        with pullwake_server() as server:
+            anyio.run(measure, server.url, args.runs, wakes, idle_seconds, backend, report)
     report.save()
     return 0
 

@@ -8,8 +8,8 @@ script sends requests one at a time on one keep-alive connection (the raw client
 
 - ``HEAD`` on a stream (one store read in pullwake);
 - ``POST`` append of one small JSON message to a stream with no subscription;
-- pullwake on SQLite as shipped (uvicorn with httptools on asyncio) and with
-  ``--http hypercorn`` (the HTTP server pullwake uses on trio);
+- pullwake on SQLite as shipped (uvicorn with httptools on asyncio), with
+  ``--http hypercorn`` on asyncio, and on trio (``--backend trio``: hypercorn on trio);
 - the same ``HEAD`` path on a bare ASGI app (this script with ``--serve-bare uvicorn`` or
   ``--serve-bare hypercorn``, pullwake's settings): what the HTTP server alone costs, the floor
   under pullwake's per-request cost on it.
@@ -25,7 +25,7 @@ import time
 
 import anyio
 import wire
-from figures import Report, arguments
+from figures import Report, arguments, parse
 from machine import CpuMeter
 from servers import TITLES, target
 
@@ -67,8 +67,10 @@ def serve_bare(kind: str) -> None:
     asyncio.run(serve(app, hyper))  # type: ignore[arg-type]
 
 
-async def per_request(url: str, pid: int, method: str, path: str, runs: int) -> list[float]:
-    """Return, per run, the server's CPU (µs) per request over ``REQUESTS`` requests."""
+async def per_request(
+    url: str, pid: int, method: str, path: str, runs: int, requests: int = REQUESTS
+) -> list[float]:
+    """Return, per run, the server's CPU (µs) per request over ``requests`` requests."""
     figures = []
     async with await wire.connect(url) as http:
 
@@ -82,11 +84,11 @@ async def per_request(url: str, pid: int, method: str, path: str, runs: int) -> 
         meter = CpuMeter(pid)
         for _ in range(runs):
             meter.lap()
-            for i in range(REQUESTS):
+            for i in range(requests):
                 answer = await send(i)
                 if answer.status >= 300:
                     raise RuntimeError(f"{method} {path}: {answer}")
-            figures.append(1e6 * meter.lap() / REQUESTS)
+            figures.append(1e6 * meter.lap() / requests)
     return figures
 
 
@@ -97,7 +99,7 @@ async def prepare(url: str) -> None:
             raise RuntimeError(f"PUT: {answer}")
 
 
-def bare_figures(kind: str, runs: int) -> list[float]:
+def bare_figures(kind: str, runs: int, requests: int) -> list[float]:
     bare = subprocess.Popen(
         [sys.executable, __file__, "--serve-bare", kind],
         stdout=subprocess.PIPE,
@@ -108,7 +110,9 @@ def bare_figures(kind: str, runs: int) -> list[float]:
         assert bare.stdout is not None
         port = int(bare.stdout.readline())
         time.sleep(0.3)
-        return anyio.run(per_request, f"http://127.0.0.1:{port}", bare.pid, "HEAD", "/", runs)
+        return anyio.run(
+            per_request, f"http://127.0.0.1:{port}", bare.pid, "HEAD", "/", runs, requests
+        )
     finally:
         bare.kill()
         bare.wait()
@@ -120,6 +124,7 @@ def bare_figures(kind: str, runs: int) -> list[float]:
 SERVERS = (
     ("sqlite", "sqlite", (), TITLES["sqlite"]),
     ("sqlite_hypercorn", "sqlite", ("--http", "hypercorn"), "pullwake (SQLite) on hypercorn"),
+    ("sqlite_trio", "sqlite", ("--backend", "trio"), "pullwake (SQLite) on trio"),
     ("reference", "reference", (), TITLES["reference"]),
 )
 
@@ -127,17 +132,18 @@ SERVERS = (
 def main() -> int:
     parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--serve-bare", choices=["uvicorn", "hypercorn"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse(parser)
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0
     report = Report("server_cost.py", args)
+    requests = REQUESTS // 3 if args.quick else REQUESTS
     for kind in ("uvicorn", "hypercorn"):
         report.add(
             f"server_cost.bare_{kind}.head",
             f"bare ASGI app on {kind}: HEAD",
             "µs CPU",
-            bare_figures(kind, args.runs),
+            bare_figures(kind, args.runs, requests),
             digits=0,
         )
     for key, name, server_args, title in SERVERS:
@@ -145,7 +151,13 @@ def main() -> int:
             anyio.run(prepare, server.url)
             for method, what in (("HEAD", "HEAD a stream"), ("POST", "append one message")):
                 runs = anyio.run(
-                    per_request, server.url, server.pid, method, "/v1/stream/cost/plain", args.runs
+                    per_request,
+                    server.url,
+                    server.pid,
+                    method,
+                    "/v1/stream/cost/plain",
+                    args.runs,
+                    requests,
                 )
                 report.add(
                     f"server_cost.{key}.{method.lower()}",
@@ -155,7 +167,7 @@ def main() -> int:
                     digits=0,
                 )
     report.note(
-        f"each run: {REQUESTS} requests one at a time on one keep-alive connection after "
+        f"each run: {requests} requests one at a time on one keep-alive connection after "
         f"{WARMUP} warm-up ones; the server process's CPU time divided by the requests"
     )
     report.save()

@@ -66,6 +66,8 @@ class Target:
     pid: int
     #: The pullwake server process (None for the reference server).
     process: ServerProcess | None = None
+    #: The postmaster of the throwaway PostgreSQL cluster (None unless on PostgreSQL).
+    postgres_pid: int | None = None
 
 
 def raise_fd_limit() -> int:
@@ -125,17 +127,29 @@ def reference_version() -> str:
     return installed_version()
 
 
+def postmaster_pid(cluster: PostgresServer) -> int:
+    """Return the postmaster's process id (the first line of ``postmaster.pid``)."""
+    return int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+
+
 @contextlib.contextmanager
-def target(name: str, *, server_args: Sequence[str] = ()) -> Iterator[Target]:
-    """Start the server called ``name`` ("sqlite", "postgres" or "reference")."""
+def target(
+    name: str, *, server_args: Sequence[str] = (), backend: str = "asyncio"
+) -> Iterator[Target]:
+    """Start the server called ``name`` ("sqlite", "postgres" or "reference").
+
+    ``backend`` is the pullwake server's (``--backend``: on trio it serves with hypercorn);
+    the reference server ignores it.
+    """
+    args = ["--backend", backend, *server_args]
     if name == "sqlite":
-        with pullwake_server(args=server_args) as server:
+        with pullwake_server(args=args) as server:
             yield Target(name, server.url, server.pid, server)
     elif name == "postgres":
         with postgres_cluster() as cluster:
             dsn = cluster.create_database(f"bench_{os.getpid()}")
-            with pullwake_server(dsn, args=server_args) as server:
-                yield Target(name, server.url, server.pid, server)
+            with pullwake_server(dsn, args=args) as server:
+                yield Target(name, server.url, server.pid, server, postmaster_pid(cluster))
     elif name == "reference":
         with reference_server() as ref:
             yield Target(name, ref.url, ref.pid)

@@ -8,7 +8,9 @@ after which the runner acks ``done``. The producer appends with the cheap raw cl
 :mod:`wire` so it takes as little as possible of the CPU the runner shares with it.
 
 The runner uses its default settings except for the offset store (in memory; the reference
-server has no registry, and the figures should not include a local file's fsync).
+server has no registry, and the figures should not include a local file's fsync). It gets no
+``transport=``: a runner given its own httpx transport may take another HTTP path than a
+runner built with defaults, and the benchmarks measure the default one.
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
-import httpx
 import wire
 
 from pullwake.runtime import Claim, Runner, RunnerSettings, SubscriptionSpec
 from pullwake.runtime.offsets import MemoryOffsetStore
 
-__all__ = ["ClaimTimer", "Probe", "Workload", "workload"]
+__all__ = ["Probe", "Workload", "workload"]
 
 WAIT = 10.0
 
@@ -61,39 +62,10 @@ class Probe:
         self._events[lane].set()
 
 
-class ClaimTimer(httpx.AsyncBaseTransport):
-    """The runner's HTTP transport, noting when each claim request left and was answered.
-
-    It passes everything to a real ``httpx.AsyncHTTPTransport`` (the runner's own default)
-    and only reads the clock around claims: ``Runner(transport=...)`` is public API.
-    """
-
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        # Invariant: the times of the latest claim request (sent, answered); 0 until one.
-        self.sent = 0.0
-        self.answered = 0.0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method != "POST" or not request.url.path.endswith("/claim"):
-            return await self._inner.handle_async_request(request)
-        self.sent = time.perf_counter()
-        response = await self._inner.handle_async_request(request)
-        await response.aread()
-        self.answered = time.perf_counter()
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class Workload:
     """The lanes of one measurement, the runner that serves them, and the producer."""
 
-    def __init__(
-        self, url: str, tag: str, lanes: int, runner: Runner, probe: Probe, timer: ClaimTimer
-    ) -> None:
-        self.timer = timer
+    def __init__(self, url: str, tag: str, lanes: int, runner: Runner, probe: Probe) -> None:
         self.url = url
         self.tag = tag
         self.lanes = lanes
@@ -131,7 +103,6 @@ async def workload(
             if answer.status not in (200, 201):
                 raise RuntimeError(f"PUT {path}: {answer}")
     probe = Probe(lanes)
-    timer = ClaimTimer()
     specs = []
     for i in range(lanes):
         sub_id = f"{tag.replace('/', '-')}-{i}"
@@ -147,9 +118,8 @@ async def workload(
         offset_store=MemoryOffsetStore(),
         settings=settings,
         grace=2.0,
-        transport=timer,
     )
     async with runner:
         with anyio.fail_after(WAIT):
             await runner.wait_state("streaming")
-        yield Workload(url, tag, lanes, runner, probe, timer)
+        yield Workload(url, tag, lanes, runner, probe)
