@@ -173,3 +173,14 @@ async def test_claim_next_on_a_plain_ack_does_nothing(store: Store) -> None:
     )
     assert (result.next_wake, result.next_claim) == (False, None)
     assert (await store.subscription("sub")).generation == first.generation
+
+
+async def test_a_stream_that_is_not_json_is_left_out(store: Store) -> None:
+    await store.create_stream("events/a", "text/plain", T0)
+    await store.create_stream("events/b", "application/json", T0)
+    await make_subscription(store)
+    await store.append("events/a", [b"plain"], T0)
+    await store.append("events/b", [b"1"], T0)
+    claim = await store.claim("sub", "w1", T0 + 1, inline_bytes=1000)
+    assert _items(claim) == {"events/b": [1]}
+    assert [s.has_pending for s in claim.streams] == [True, True]
