@@ -21,7 +21,10 @@ wake stream's committed offset may pass it):
   the snapshot's tails; a handler that raises (or outlives ``handler_timeout``, and is
   cancelled) has its claim released, and the lane pauses with a growing backoff; an ack
   answered FENCED (or a refused claim token) means the lease was lost: the handler is
-  cancelled and counted in ``leases_lost``;
+  cancelled and counted in ``leases_lost``. From a server that confirmed the ``claim-next``
+  extension the done-ack may bring the next claim of the subscription (work appended while
+  this one was held): it is run at once, on the same lane and concurrency slot, as a claim
+  of its own (no wake event was appended for it);
 - **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work.
   Attempts are counted per (subscription, stream, acked offset): per first pending offset of
   each claimed stream, so traffic on another stream of the subscription does not reset them.
