@@ -21,7 +21,10 @@ wake stream's committed offset may pass it):
   the snapshot's tails; a handler that raises (or outlives ``handler_timeout``, and is
   cancelled) has its claim released, and the lane pauses with a growing backoff; an ack
   answered FENCED (or a refused claim token) means the lease was lost: the handler is
-  cancelled and counted in ``leases_lost``;
+  cancelled and counted in ``leases_lost``. From a server that confirmed the ``claim-next``
+  extension the done-ack may bring the next claim of the subscription (work appended while
+  this one was held): it is run at once, on the same lane and concurrency slot, as a claim
+  of its own (no wake event was appended for it);
 - **dead-lettered**: the handler failed its ``max_attempts``-th attempt on the same work.
   Attempts are counted per (subscription, stream, acked offset): per first pending offset of
   each claimed stream, so traffic on another stream of the subscription does not reset them.
@@ -350,7 +353,14 @@ class ClaimPipeline:
         if grant is None:
             return
         try:
-            await self._run_claim(lane, grant, wake)
+            while grant is not None:
+                # A done-ack may answer the next claim (the claim-next extension): it runs
+                # here, on this lane and concurrency slot, through the same path as any claim.
+                grant = await self._run_claim(lane, grant, wake)
+                if grant is not None:
+                    if self._metrics is not None:
+                        self._metrics.observe_claim(grant)
+                    wake = Wake(lane.sub_id, generation=grant.generation)
         finally:
             self._limiter.release()
 
@@ -417,17 +427,22 @@ class ClaimPipeline:
                 return None
             retries += 1
 
-    async def _run_claim(self, lane: _Lane, grant: ClaimGrant, wake: Wake) -> None:
-        """Run the handler on a granted claim, then ack ``done`` or release; always finish."""
+    async def _run_claim(self, lane: _Lane, grant: ClaimGrant, wake: Wake) -> ClaimGrant | None:
+        """Run the handler on a granted claim, then ack ``done`` or release; always finish.
+
+        Return the next claim when the done-ack brought one (the claim-next extension): the
+        caller runs it next, holding the same concurrency slot.
+        """
         claim = Claim(grant, wake, self._client)
         lane.claim = claim
         finished = False
+        next_grant: ClaimGrant | None = None
         try:
             if not self._accepting:
                 await self._release(claim, why="the runner is stopping")
                 self.stats.released_on_stop += 1
                 finished = True
-                return
+                return None
             lane.phase = "handling"
             lane.handler_scope = handler_scope = anyio.CancelScope()
             claim.on_lease_lost(lambda _lost: handler_scope.cancel(reason="lease lost"))
@@ -498,7 +513,7 @@ class ClaimPipeline:
                     finished = True
             else:
                 with self._cancellable(lane, "finishing"):
-                    finished = await self._complete(claim)
+                    finished, next_grant = await self._complete(claim)
                 if finished:
                     self._forget_attempts(lane.sub_id)
                     lane.failures = 0
@@ -508,6 +523,7 @@ class ClaimPipeline:
                 await self._release(claim, why="it was never finished")
             if lane.claim is claim:
                 lane.claim = None
+        return next_grant
 
     def _count_attempt(self, claim: Claim) -> dict[str, int]:
         """Count a failed attempt on each pending stream of ``claim``; return the counts."""
@@ -610,8 +626,14 @@ class ClaimPipeline:
         """
         return claim.lease_ttl_ms / 1000 * self.settings.extend_fraction / 3
 
-    async def _complete(self, claim: Claim) -> bool:
+    async def _complete(self, claim: Claim) -> tuple[bool, ClaimGrant | None]:
         """Ack ``done``, retrying transient failures until the lease runs out; True when finished.
+
+        The first attempt asks for the next claim (claim-next; only sent to a server that
+        confirmed it) unless the pipeline is stopping or another lane waits for a concurrency
+        slot (a busy subscription must not keep its slot from the others). A retry does not
+        ask: if the lost answer had taken a claim, its lease expires and the server wakes the
+        work again. The second value is the next claim, when the answer brought one.
 
         The handler's work is done: giving the claim back now would have it done again. So the
         ack is retried for as long as the lease may hold, with the claim backoff but at least
@@ -622,14 +644,17 @@ class ClaimPipeline:
         deadline = self._clock.now() + claim.lease_ttl_ms / 1000
         attempt = 0
         while True:
+            ask = attempt == 0 and self._accepting and self._limiter.statistics().tasks_waiting == 0
             try:
-                await claim.acknowledge(
-                    claim.final_acks(), done=True, timeout=self.settings.request_timeout
+                answer = await claim.finish(
+                    claim.final_acks(),
+                    claim_next=self._worker if ask else None,
+                    timeout=self.settings.request_timeout,
                 )
             except LeaseLost:
                 self.stats.leases_lost += 1
                 self._count("failed", "lease lost at done")
-                return True
+                return True, None
             except TransientError as exc:
                 remaining = deadline - self._clock.now()
                 if remaining <= 0 or not self._accepting:
@@ -640,7 +665,7 @@ class ClaimPipeline:
                         extra=self._fields(claim),
                     )
                     self._count("failed", "done ack failed")
-                    return False
+                    return False, None
                 delay = self.settings.retry.delay(attempt, self._rng)
                 attempt += 1
                 await self._clock.sleep(min(delay, self._retry_gap(claim), remaining))
@@ -650,9 +675,9 @@ class ClaimPipeline:
                     "%s: done ack refused: %s", claim.describe(), exc, extra=self._fields(claim)
                 )
                 self._count("failed", f"done ack refused: {exc.status}")
-                return False
+                return False, None
             self._count("succeeded", "done")
-            return True
+            return True, answer.next_claim
 
     async def _extend_lease(self, claim: Claim) -> None:
         """Ack without ``done`` every ``extend_fraction`` of the lease while the handler runs.

@@ -54,6 +54,7 @@ from .errors import (
 from .offsets import START_OFFSET, offset_after
 
 __all__ = [
+    "AckAnswer",
     "ClaimGrant",
     "Client",
     "ControlEvent",
@@ -117,18 +118,6 @@ class StreamState:
 
 
 @attrs.frozen
-class ClaimGrant:
-    """A successful claim: the lease's identity, token and the snapshot of the streams."""
-
-    subscription_id: str
-    wake_id: str
-    generation: int
-    token: str = attrs.field(repr=False)
-    streams: tuple[StreamState, ...]
-    lease_ttl_ms: int
-
-
-@attrs.frozen
 class ReadChunk:
     """One catch-up read of a stream.
 
@@ -140,6 +129,30 @@ class ReadChunk:
     next_offset: str
     up_to_date: bool
     content_type: str
+
+
+@attrs.frozen
+class ClaimGrant:
+    """A successful claim: the lease's identity, token and the snapshot of the streams."""
+
+    subscription_id: str
+    wake_id: str
+    generation: int
+    token: str = attrs.field(repr=False)
+    streams: tuple[StreamState, ...]
+    lease_ttl_ms: int
+    #: Per stream, the first read the claim answer carried inline (the ``inline-messages``
+    #: extension): it starts at the stream's ``acked_offset``. Empty from a plain server.
+    inline: Mapping[str, ReadChunk] = attrs.field(factory=dict, eq=False, repr=False)
+
+
+@attrs.frozen
+class AckAnswer:
+    """What a done-ack answered: whether the server woke the subscription again, or the next
+    claim it took for this runner at once (the ``claim-next`` extension)."""
+
+    next_wake: bool
+    next_claim: ClaimGrant | None = None
 
 
 @attrs.frozen
@@ -275,6 +288,78 @@ def _field(method: str, url: str, data: Any, name: str, kind: type | tuple[type,
 
 def _is_json(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() == "application/json"
+
+
+#: The negotiation header of the pullwake extensions, and what this runner offers.
+EXTENSIONS_HEADER = "Pullwake-Extensions"
+INLINE_MESSAGES = "inline-messages"
+CLAIM_NEXT = "claim-next"
+OFFERED_EXTENSIONS = (INLINE_MESSAGES, CLAIM_NEXT)
+_OFFER = {EXTENSIONS_HEADER: ", ".join(OFFERED_EXTENSIONS)}
+
+
+def _grant(method: str, url: str, sub_id: str, data: Any, confirmed: frozenset[str]) -> ClaimGrant:
+    """Parse a claim answer (or a done-ack's ``next_claim``) into a grant."""
+    if not isinstance(data, dict):
+        _violation(method, url, "the claim answer is not a JSON object")
+    streams = []
+    for item in _field(method, url, data, "streams", list):
+        acked = item.get("acked_offset") if isinstance(item, dict) else None
+        tail = item.get("tail_offset") if isinstance(item, dict) else None
+        stream_path = item.get("path") if isinstance(item, dict) else None
+        if not isinstance(stream_path, str) or not isinstance(tail, str):
+            _violation(method, url, "a claimed stream lacks 'path' or 'tail_offset'")
+        acked = acked if isinstance(acked, str) else START_OFFSET
+        pending = item.get("has_pending")
+        streams.append(
+            StreamState(
+                path=stream_path,
+                link_type=str(item.get("link_type", "explicit")),
+                acked_offset=acked,
+                tail_offset=tail,
+                has_pending=(pending if isinstance(pending, bool) else offset_after(tail, acked)),
+            )
+        )
+    generation = _field(method, url, data, "generation", int)
+    inline: dict[str, ReadChunk] = {}
+    if INLINE_MESSAGES in confirmed and data.get("messages") is not None:
+        inline = _inline(method, url, data["messages"], streams)
+    return ClaimGrant(
+        subscription_id=sub_id,
+        wake_id=str(_field(method, url, data, "wake_id", (str, int))),
+        generation=int(generation),
+        token=_field(method, url, data, "token", str),
+        streams=tuple(streams),
+        lease_ttl_ms=int(data.get("lease_ttl_ms") or 30_000),
+        inline=inline,
+    )
+
+
+def _inline(
+    method: str, url: str, raw: Any, streams: Sequence[StreamState]
+) -> dict[str, ReadChunk]:
+    """Parse a claim answer's ``messages``: per pending stream, its first read, checked."""
+    pending = {state.path: state for state in streams if state.has_pending}
+    if not isinstance(raw, dict):
+        _violation(method, url, "the claim answer's 'messages' is not an object")
+    chunks = {}
+    for stream_path, entry in raw.items():
+        state = pending.get(stream_path)
+        items = entry.get("items") if isinstance(entry, dict) else None
+        next_offset = entry.get("next_offset") if isinstance(entry, dict) else None
+        up_to_date = entry.get("up_to_date") if isinstance(entry, dict) else None
+        if (
+            state is None
+            or not isinstance(items, list)
+            or not isinstance(next_offset, str)
+            or not isinstance(up_to_date, bool)
+            or not offset_after(next_offset, state.acked_offset)
+        ):
+            _violation(
+                method, url, f"the inline messages of {str(stream_path)[:200]!r} are malformed"
+            )
+        chunks[stream_path] = ReadChunk(tuple(items), next_offset, up_to_date, "application/json")
+    return chunks
 
 
 class _RequestBody(httpx.AsyncByteStream):
@@ -465,9 +550,12 @@ class Client:
         bearer: str | None = None,
         timeout: float | None = None,
         content_type: str | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         url = self.base_url + path
         headers = self._headers(bearer)
+        if extra_headers:
+            headers.update(extra_headers)
         content: bytes | None = None
         if json_body is not None:
             content = json.dumps(json_body, separators=(",", ":")).encode()
@@ -660,41 +748,39 @@ class Client:
         )
         return response.status_code == 201
 
+    # -- pullwake extensions (docs/server.md "pullwake extensions") -----------------------
+    #
+    # Claim and ack requests offer both extensions; a plain Durable Streams server ignores the
+    # header and answers as always. An answer that confirms an extension is remembered per
+    # Client, and a done-ack asks for the next claim only once a server confirmed claim-next:
+    # nothing is assumed that an answer did not confirm.
+
+    #: The extensions a server of this Client confirmed (replaced, never mutated).
+    _confirmed: frozenset[str] = frozenset()
+
+    @property
+    def extensions(self) -> frozenset[str]:
+        """The pullwake extensions the server confirmed so far (empty for a plain server)."""
+        return self._confirmed
+
+    def _confirmations(self, response: httpx.Response) -> frozenset[str]:
+        raw = response.headers.get(EXTENSIONS_HEADER)
+        confirmed = frozenset(
+            part.strip().lower() for part in (raw or "").split(",") if part.strip()
+        ) & frozenset(OFFERED_EXTENSIONS)
+        if confirmed != self._confirmed:
+            self._confirmed = confirmed
+        return confirmed
+
     async def claim(self, sub_id: str, worker: str) -> ClaimGrant:
         """Claim the subscription's pending work; 409 codes raise AlreadyClaimed/NoPendingWork."""
         path = self._subscription_path(sub_id, "/claim")
-        response = await self._exchange("POST", path, json_body={"worker": worker})
-        url = self.base_url + path
-        data = _json("POST", url, response.content)
-        streams = []
-        for item in _field("POST", url, data, "streams", list):
-            acked = item.get("acked_offset") if isinstance(item, dict) else None
-            tail = item.get("tail_offset") if isinstance(item, dict) else None
-            stream_path = item.get("path") if isinstance(item, dict) else None
-            if not isinstance(stream_path, str) or not isinstance(tail, str):
-                _violation("POST", url, "a claimed stream lacks 'path' or 'tail_offset'")
-            acked = acked if isinstance(acked, str) else START_OFFSET
-            pending = item.get("has_pending")
-            streams.append(
-                StreamState(
-                    path=stream_path,
-                    link_type=str(item.get("link_type", "explicit")),
-                    acked_offset=acked,
-                    tail_offset=tail,
-                    has_pending=(
-                        pending if isinstance(pending, bool) else offset_after(tail, acked)
-                    ),
-                )
-            )
-        generation = _field("POST", url, data, "generation", int)
-        return ClaimGrant(
-            subscription_id=sub_id,
-            wake_id=str(_field("POST", url, data, "wake_id", (str, int))),
-            generation=int(generation),
-            token=_field("POST", url, data, "token", str),
-            streams=tuple(streams),
-            lease_ttl_ms=int(data.get("lease_ttl_ms") or 30_000),
+        response = await self._exchange(
+            "POST", path, json_body={"worker": worker}, extra_headers=_OFFER
         )
+        url = self.base_url + path
+        confirmed = self._confirmations(response)
+        return _grant("POST", url, sub_id, _json("POST", url, response.content), confirmed)
 
     async def ack(
         self,
@@ -708,6 +794,20 @@ class Client:
 
         Without ``done`` this only extends the lease (it is the claim's heartbeat).
         """
+        answer = await self.finish(grant, acks, done=done, timeout=timeout)
+        return answer.next_wake
+
+    async def finish(
+        self,
+        grant: ClaimGrant,
+        acks: Sequence[tuple[str, str]],
+        *,
+        done: bool = True,
+        claim_next: str | None = None,
+        timeout: float | None = None,
+    ) -> AckAnswer:
+        """Ack like :meth:`ack`; with ``done`` and ``claim_next`` (the worker to claim as) a
+        server that confirmed ``claim-next`` may answer the next claim (``next_claim``)."""
         body: dict[str, Any] = {
             "wake_id": grant.wake_id,
             "generation": grant.generation,
@@ -715,12 +815,24 @@ class Client:
         }
         if done:
             body["done"] = True
+            if claim_next is not None and CLAIM_NEXT in self._confirmed:
+                body["claim_next"] = {"worker": claim_next}
         path = self._subscription_path(grant.subscription_id, "/ack")
         response = await self._exchange(
-            "POST", path, json_body=body, bearer=grant.token, timeout=timeout
+            "POST", path, json_body=body, bearer=grant.token, timeout=timeout, extra_headers=_OFFER
         )
-        data = _json("POST", self.base_url + path, response.content) if response.content else {}
-        return bool(isinstance(data, dict) and data.get("next_wake"))
+        url = self.base_url + path
+        confirmed = self._confirmations(response)
+        data = _json("POST", url, response.content) if response.content else {}
+        if not isinstance(data, dict):
+            return AckAnswer(next_wake=False)
+        nxt = data.get("next_claim")
+        if "claim_next" in body and CLAIM_NEXT in confirmed and nxt is not None:
+            return AckAnswer(
+                next_wake=bool(data.get("next_wake")),
+                next_claim=_grant("POST", url, grant.subscription_id, nxt, confirmed),
+            )
+        return AckAnswer(next_wake=bool(data.get("next_wake")))
 
     async def release(self, grant: ClaimGrant, *, timeout: float | None = None) -> None:
         """Give the claim back without acking; the server re-wakes if work is pending."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from .client import ClaimGrant, Client, StreamState
+from .client import AckAnswer, ClaimGrant, Client, StreamState
 from .errors import Fenced, LeaseLost, ProtocolViolation, Rejected, RequestFailed
 from .offsets import offset_after
 
@@ -136,10 +136,17 @@ class Claim:
         Raises :class:`~pullwake.runtime.errors.RequestFailed` when a read fails: the handler
         never sees fewer messages than it claimed without knowing it.
         """
-        tail = self.stream(path).tail_offset
+        state = self.stream(path)
+        tail = state.tail_offset
         offset = self._acked[path]
+        # The claim answer's inline read (the inline-messages extension) is the first read
+        # from the claimed acked offset: it stands for that GET, the rest is read as usual.
+        inline = self._grant.inline.get(path)
         while offset_after(tail, offset):
-            chunk = await self._client.read(path, offset)
+            if inline is not None and offset == state.acked_offset:
+                chunk = inline
+            else:
+                chunk = await self._client.read(path, offset)
             if not offset_after(chunk.next_offset, offset):
                 raise ProtocolViolation(
                     f"reading {path!r} after {offset} returned no progress although the claim's "
@@ -190,10 +197,25 @@ class Claim:
 
         Handlers use :meth:`ack`. Raises :class:`LeaseLost` once the lease is gone.
         """
+        answer = await self.finish(acks, done=done, timeout=timeout)
+        return answer.next_wake
+
+    async def finish(
+        self,
+        acks: list[tuple[str, str]],
+        *,
+        done: bool = True,
+        claim_next: str | None = None,
+        timeout: float | None = None,
+    ) -> AckAnswer:
+        """Send one ack as :meth:`acknowledge` does; with ``claim_next`` (the worker) a done-ack
+        may come back with the next claim (the claim-next extension). The pipeline's ack."""
         if self.lost is not None:
             raise self.lost
         try:
-            return await self._client.ack(self._grant, acks, done=done, timeout=timeout)
+            return await self._client.finish(
+                self._grant, acks, done=done, claim_next=claim_next, timeout=timeout
+            )
         except (Fenced, Rejected) as exc:
             self._mark_lost(exc)
             assert self.lost is not None

@@ -12,9 +12,11 @@ Extensions to the protocol's subscription view (additive, spec §9.1): ``generat
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from typing import Any
 
+import attrs
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -37,7 +39,13 @@ from pullwake.server.errors import (
     ServerError,
     Unauthorized,
 )
-from pullwake.server.store.base import AckItem, LinkedStream, Subscription, SubscriptionConfig
+from pullwake.server.store.base import (
+    AckItem,
+    Claim,
+    LinkedStream,
+    Subscription,
+    SubscriptionConfig,
+)
 
 
 def _relative(path: str, what: str) -> str:
@@ -239,42 +247,140 @@ def _outcome(exc: ServerError) -> str:
     return exc.code.lower()
 
 
-async def claim(request: Request) -> Response:
-    """Claim the pending wake: answers the token, generation, streams and lease."""
-    ctx = context_of(request)
-    principal = ctx.auth.authenticate(request.headers)
-    sub_id = _sub_id(request)
-    body = await read_json_object(request, ctx.config.max_body_bytes)
-    worker = names.check_identifier(str_field(body, "worker", required=True) or "", "worker")
+# -- pullwake extensions (docs/server.md "pullwake extensions") ------------------------------
+
+#: The negotiation header: the runner lists what it understands, the answer what applies.
+EXTENSIONS_HEADER = "pullwake-extensions"
+#: A lower inline budget a runner may ask for (bytes of messages in one answer).
+INLINE_MAX_HEADER = "pullwake-inline-max-bytes"
+INLINE_MESSAGES = "inline-messages"
+CLAIM_NEXT = "claim-next"
+#: The extensions this server applies, in the order its answers list them.
+SUPPORTED_EXTENSIONS = (INLINE_MESSAGES, CLAIM_NEXT)
+#: The most message bytes one claim answer carries inline (the cap on the request's ask).
+INLINE_MAX_BYTES = 64 * 1024
+
+
+@attrs.frozen
+class Negotiated:
+    """What a claim or ack request offered that this server applies to it."""
+
+    extensions: tuple[str, ...] = ()
+    #: The inline byte budget (0: no messages inline).
+    inline_bytes: int = 0
+
+    @property
+    def claim_next(self) -> bool:
+        return CLAIM_NEXT in self.extensions
+
+    def headers(self) -> dict[str, str]:
+        """The answer's confirmation (none when nothing was offered: a plain answer)."""
+        if not self.extensions:
+            return {}
+        return {EXTENSIONS_HEADER: ", ".join(self.extensions)}
+
+
+def negotiate(request: Request) -> Negotiated:
+    """Read the request's ``Pullwake-Extensions`` (and ``Pullwake-Inline-Max-Bytes``)."""
+    raw = request.headers.get(EXTENSIONS_HEADER)
+    if raw is None:
+        return Negotiated()
+    offered = {part.strip().lower() for part in raw.split(",")}
+    applied = tuple(name for name in SUPPORTED_EXTENSIONS if name in offered)
+    budget = 0
+    if INLINE_MESSAGES in applied:
+        budget = INLINE_MAX_BYTES
+        asked = request.headers.get(INLINE_MAX_HEADER)
+        if asked is not None:
+            text = asked.strip()
+            if not text.isascii() or not text.isdigit() or len(text) > 12:
+                raise BadRequest(
+                    f"{INLINE_MAX_HEADER} must be a whole number of bytes, got {asked[:40]!r}.",
+                    code="INVALID_REQUEST",
+                )
+            budget = min(budget, int(text))
+    return Negotiated(applied, budget)
+
+
+def _claim_view(won: Claim) -> dict[str, Any]:
+    return {
+        "wake_id": won.wake_id,
+        "generation": won.generation,
+        "token": won.token,
+        "streams": [
+            {
+                **_link_json(link),
+                "tail_offset": link.tail_offset,
+                "has_pending": link.has_pending,
+            }
+            for link in won.streams
+        ],
+        "lease_ttl_ms": won.lease_ttl_ms,
+    }
+
+
+def _dumps(value: object) -> bytes:
+    # As Starlette's JSONResponse renders, so an extended answer differs only where it adds.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def claim_body(won: Claim) -> bytes:
+    """Return the claim answer's JSON, with ``messages`` when the claim carries some.
+
+    The stored messages are serialized JSON values already (a GET joins them the same way),
+    so they are spliced in as they are rather than decoded and encoded again.
+    """
+    head = _dumps(_claim_view(won))
+    if not won.messages:
+        return head
+    parts = [
+        _dumps(read.path)
+        + b':{"items":['
+        + b",".join(read.messages)
+        + b'],"next_offset":'
+        + _dumps(read.next_offset)
+        + b',"up_to_date":'
+        + (b"true" if read.up_to_date else b"false")
+        + b"}"
+        for read in won.messages
+    ]
+    return head[:-1] + b',"messages":{' + b",".join(parts) + b"}}"
+
+
+def _count_claim(ctx: AppContext, sub_id: str, worker: str, won: Claim) -> None:
+    ctx.metrics.claims.labels("ok").inc()
+    events.log_claim(sub_id, worker, won.wake_id, won.generation)
+
+
+def _claim_as(principal: Principal, worker: str) -> None:
     if not principal.unrestricted and worker != principal.runner_id:
         raise Forbidden(
             f"Runner {principal.runner_id!r} may claim only as itself; send "
             f'{{"worker": "{principal.runner_id}"}}.'
         )
+
+
+async def claim(request: Request) -> Response:
+    """Claim the pending wake: answers the token, generation, streams and lease."""
+    ctx = context_of(request)
+    principal = ctx.auth.authenticate(request.headers)
+    sub_id = _sub_id(request)
+    negotiated = negotiate(request)
+    body = await read_json_object(request, ctx.config.max_body_bytes)
+    worker = names.check_identifier(str_field(body, "worker", required=True) or "", "worker")
+    _claim_as(principal, worker)
     await _require_visible(ctx, principal, sub_id)
     try:
-        won = await ctx.store.claim(sub_id, worker, ctx.clock())
+        won = await ctx.store.claim(
+            sub_id, worker, ctx.clock(), inline_bytes=negotiated.inline_bytes
+        )
     except ServerError as exc:
         ctx.metrics.claims.labels(_outcome(exc)).inc()
         raise
-    ctx.metrics.claims.labels("ok").inc()
-    events.log_claim(sub_id, worker, won.wake_id, won.generation)
-    return JSONResponse(
-        {
-            "wake_id": won.wake_id,
-            "generation": won.generation,
-            "token": won.token,
-            "streams": [
-                {
-                    **_link_json(link),
-                    "tail_offset": link.tail_offset,
-                    "has_pending": link.has_pending,
-                }
-                for link in won.streams
-            ],
-            "lease_ttl_ms": won.lease_ttl_ms,
-        }
-    )
+    _count_claim(ctx, sub_id, worker, won)
+    if not negotiated.extensions:
+        return JSONResponse(_claim_view(won))
+    return Response(claim_body(won), media_type="application/json", headers=negotiated.headers())
 
 
 def _claim_token(request: Request) -> str:
@@ -336,15 +442,48 @@ async def ack(request: Request) -> Response:
     wake_id, generation = _fence_fields(body)
     acks = _acks(body)
     done = bool_field(body, "done")
+    negotiated = negotiate(request)
+    next_worker = _claim_next_worker(body) if negotiated.claim_next and done else None
+    if next_worker is not None:
+        _claim_as(principal, next_worker)
     try:
-        result = await ctx.store.ack(sub_id, token, wake_id, generation, acks, done, ctx.clock())
+        result = await ctx.store.ack(
+            sub_id,
+            token,
+            wake_id,
+            generation,
+            acks,
+            done,
+            ctx.clock(),
+            claim_next_worker=next_worker,
+            inline_bytes=negotiated.inline_bytes,
+        )
     except ServerError as exc:
         ctx.metrics.acks.labels("done" if done else "extend", _outcome(exc)).inc()
         raise
     ctx.metrics.acks.labels("done" if done else "extend", "ok").inc()
     if done:
         events.log_ack(sub_id, wake_id, generation)
-    return JSONResponse({"ok": True, "next_wake": result.next_wake})
+    if not negotiated.extensions:
+        return JSONResponse({"ok": True, "next_wake": result.next_wake})
+    answer = _dumps({"ok": True, "next_wake": result.next_wake})
+    if result.next_claim is not None:
+        assert next_worker is not None
+        _count_claim(ctx, sub_id, next_worker, result.next_claim)
+        answer = answer[:-1] + b',"next_claim":' + claim_body(result.next_claim) + b"}"
+    return Response(answer, media_type="application/json", headers=negotiated.headers())
+
+
+def _claim_next_worker(body: dict[str, Any]) -> str | None:
+    """Return the worker of a done-ack's ``"claim_next": {"worker": id}``, if it has one."""
+    raw = body.get("claim_next")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("worker"), str):
+        raise BadRequest(
+            'The field \'claim_next\' must be {"worker": "<id>"}.', code="INVALID_REQUEST"
+        )
+    return names.check_identifier(raw["worker"], "claim_next worker")
 
 
 async def release(request: Request) -> Response:

@@ -163,12 +163,28 @@ class Subscription:
 
 
 @attrs.frozen
+class InlineRead:
+    """Messages of one claimed JSON stream read in the claim's own transaction (the
+    ``inline-messages`` extension): from its acked offset, within the answer's byte budget."""
+
+    path: str
+    #: Each message as stored: one serialized JSON value.
+    messages: tuple[bytes, ...]
+    #: Where a plain read continues: the last message's offset (the tail when up to date).
+    next_offset: str
+    #: True when ``next_offset`` is the stream's tail (nothing more to read for this claim).
+    up_to_date: bool
+
+
+@attrs.frozen
 class Claim:
     wake_id: str
     generation: int
     token: str
     streams: tuple[LinkedStream, ...]
     lease_ttl_ms: int
+    #: The pending messages carried in the answer (only when asked for: ``inline_bytes``).
+    messages: tuple[InlineRead, ...] = ()
 
 
 @attrs.frozen
@@ -180,6 +196,8 @@ class AckItem:
 @attrs.frozen
 class AckResult:
     next_wake: bool
+    #: The claim a done-ack took for ``claim_next_worker`` (the ``claim-next`` extension).
+    next_claim: Claim | None = None
 
 
 @attrs.frozen
@@ -370,9 +388,13 @@ class Store(Protocol):
         """Drop an explicit name (idempotent); a link the pattern also makes stays (glob)."""
         ...
 
-    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim:
+    async def claim(self, sub_id: str, worker: str, now_ms: int, *, inline_bytes: int = 0) -> Claim:
         """Start a lease for ``worker``: ``NO_PENDING_WORK`` / ``ALREADY_CLAIMED`` otherwise.
-        A lapsed lease is cleared first (and its pending work re-woken)."""
+        A lapsed lease is cleared first (and its pending work re-woken).
+
+        ``inline_bytes`` > 0: read each pending JSON stream from its acked offset in the same
+        transaction, at most that many message bytes in all (``Claim.messages``); a stream
+        whose first message alone is over what remains, or that is not JSON, is left out."""
         ...
 
     async def ack(
@@ -384,6 +406,9 @@ class Store(Protocol):
         acks: Sequence[AckItem],
         done: bool,
         now_ms: int,
+        *,
+        claim_next_worker: str | None = None,
+        inline_bytes: int = 0,
     ) -> AckResult:
         """Apply inclusive acks all-or-nothing (``INVALID_ACK``: unlinked stream, not an
         offset of that stream or its tail, before the cursor, past the tail); without
@@ -391,7 +416,11 @@ class Store(Protocol):
 
         Checked first, in this order: ``INVALID_TOKEN``, ``SUBSCRIPTION_NOT_FOUND``,
         ``LEASE_EXPIRED`` (the token's lease lapsed: the lapse is committed and pending work
-        re-woken), ``FENCED`` (not the current generation/wake_id/holder, in token or body)."""
+        re-woken), ``FENCED`` (not the current generation/wake_id/holder, in token or body).
+
+        ``claim_next_worker`` with ``done`` on a pull-wake subscription: when work is pending
+        after the acks, claim it for that worker in the same transaction (as :meth:`claim`,
+        with ``inline_bytes``) instead of appending a wake event: ``AckResult.next_claim``."""
         ...
 
     async def release(

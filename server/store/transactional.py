@@ -309,7 +309,11 @@ class TransactionalStore:
     async def remove_stream(self, sub_id: str, path: str, now_ms: int) -> None:
         await self._call(rules.remove_stream, sub_id, path, now_ms)
 
-    async def claim(self, sub_id: str, worker: str, now_ms: int) -> Claim:
+    async def claim(self, sub_id: str, worker: str, now_ms: int, *, inline_bytes: int = 0) -> Claim:
+        if inline_bytes:
+            return await self._call(
+                rules.claim_inline, self._secret, sub_id, worker, now_ms, inline_bytes
+            )
         return await self._call(rules.claim, self._secret, sub_id, worker, now_ms)
 
     async def ack(
@@ -321,7 +325,24 @@ class TransactionalStore:
         acks: Sequence[AckItem],
         done: bool,
         now_ms: int,
+        *,
+        claim_next_worker: str | None = None,
+        inline_bytes: int = 0,
     ) -> AckResult:
+        if claim_next_worker is not None:
+            return await self._call(
+                rules.ack_claim_next,
+                self._secret,
+                sub_id,
+                token,
+                wake_id,
+                generation,
+                list(acks),
+                done,
+                now_ms,
+                claim_next_worker,
+                inline_bytes,
+            )
         return await self._call(
             rules.ack, self._secret, sub_id, token, wake_id, generation, list(acks), done, now_ms
         )

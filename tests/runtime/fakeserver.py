@@ -62,6 +62,8 @@ class FakeServer:
         self._tokens = itertools.count(1)
         # Invariant: True between go_down() and come_back(): every call is refused.
         self.down = False
+        #: Speak the claim-next extension (docs/server.md "pullwake extensions").
+        self.claim_next = False
 
     # -- setup from tests ----------------------------------------------------------------
 
@@ -337,27 +339,36 @@ class FakeServer:
             sub.generation += 1
             sub.wake_id = f"w{sub.generation}"
         sub.wake_in_flight = False
-        sub.holder = body["worker"]
-        sub.token = f"tok{next(self._tokens)}"
         return httpx.Response(
-            200,
-            json={
-                "wake_id": sub.wake_id,
-                "generation": sub.generation,
-                "token": sub.token,
-                "streams": [
-                    {
-                        "path": p,
-                        "link_type": "explicit",
-                        "acked_offset": acked,
-                        "tail_offset": self.tail(p),
-                        "has_pending": self.tail(p) > acked,
-                    }
-                    for p, acked in sub.acked.items()
-                ],
-                "lease_ttl_ms": sub.lease_ttl_ms,
-            },
+            200, json=self._grant(sub, body["worker"]), headers=self._confirm(request)
         )
+
+    def _grant(self, sub: FakeSubscription, worker: str) -> dict[str, Any]:
+        sub.holder = worker
+        sub.token = f"tok{next(self._tokens)}"
+        return {
+            "wake_id": sub.wake_id,
+            "generation": sub.generation,
+            "token": sub.token,
+            "streams": [
+                {
+                    "path": p,
+                    "link_type": "explicit",
+                    "acked_offset": acked,
+                    "tail_offset": self.tail(p),
+                    "has_pending": self.tail(p) > acked,
+                }
+                for p, acked in sub.acked.items()
+            ],
+            "lease_ttl_ms": sub.lease_ttl_ms,
+        }
+
+    def _confirm(self, request: httpx.Request) -> dict[str, str]:
+        """Confirm claim-next when this fake speaks it and the request offered it."""
+        offered = request.headers.get("pullwake-extensions", "")
+        if self.claim_next and "claim-next" in offered:
+            return {"pullwake-extensions": "claim-next"}
+        return {}
 
     def _fenced(self, sub: FakeSubscription, request: httpx.Request, body: Any) -> Any:
         token = request.headers.get("authorization", "").partition(" ")[2]
@@ -387,11 +398,19 @@ class FakeServer:
         for ack in body.get("acks", []):
             sub.acked[ack["stream"]] = ack["offset"]
         next_wake = False
+        confirm = self._confirm(request)
         if body.get("done"):
             sub.holder = sub.token = sub.wake_id = None
+            worker = (body.get("claim_next") or {}).get("worker") if confirm else None
+            if worker is not None and self._pending(sub):
+                # claim-next: the next claim in the answer, and no wake event for it.
+                sub.generation += 1
+                sub.wake_id = f"w{sub.generation}"
+                answer = {"ok": True, "next_wake": False, "next_claim": self._grant(sub, worker)}
+                return httpx.Response(200, json=answer, headers=confirm)
             next_wake = self._pending(sub)
             self._maybe_wake(sub)
-        return httpx.Response(200, json={"ok": True, "next_wake": next_wake})
+        return httpx.Response(200, json={"ok": True, "next_wake": next_wake}, headers=confirm)
 
     async def _on_release(self, request: httpx.Request, parts: list[str], body: Any) -> Any:
         sub = self.subscriptions.get(parts[0])

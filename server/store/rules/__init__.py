@@ -28,6 +28,8 @@ One module per aggregate; imports point down this list, never up:
 * ``wakes``       -- wakes and leases: wake issue, claim, ack, release, expiry (see its
   docstring for the invariants).
 * ``streams``     -- the stream operations (append offers wakes through ``wakes``; closure).
+* ``extensions``  -- the pullwake extensions: a claim with its messages inline, a done-ack
+  that claims the next work (over ``wakes`` and ``streams``).
 * ``runners``     -- the runner registry.
 * ``settings``    -- store-wide settings (the token-signing secret).
 * ``webhooks``    -- the webhook signing key, and the webhook wakes owed a delivery.
@@ -38,6 +40,7 @@ This package re-exports every operation, so a store calls ``rules.<operation>``.
 from __future__ import annotations
 
 from pullwake.server.store.rules.expiry import expire_streams, streams_due, touch_stream
+from pullwake.server.store.rules.extensions import ack_claim_next, claim_inline
 from pullwake.server.store.rules.runners import heartbeat, register_runner, runner
 from pullwake.server.store.rules.settings import load_secret
 from pullwake.server.store.rules.streams import (
@@ -70,9 +73,11 @@ __all__ = [
     "CommitThenRaise",
     "Transaction",
     "ack",
+    "ack_claim_next",
     "add_streams",
     "append",
     "claim",
+    "claim_inline",
     "claims_held_by",
     "create_stream",
     "delete_stream",

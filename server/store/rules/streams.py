@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pullwake.server.content_types import normalise_content_type
+from pullwake.server.content_types import is_json, normalise_content_type
 from pullwake.server.errors import BadRequest, Conflict, content_type_mismatch
 from pullwake.server.names import check_path
 from pullwake.server.store.base import (
     NOW_OFFSET,
     START_OFFSET,
     AppendResult,
+    InlineRead,
+    LinkedStream,
     Message,
     Producer,
     ReadResult,
@@ -302,25 +304,78 @@ def read(tx: Transaction, path: str, offset: str, max_bytes: int, now_ms: int) -
             "pass an offset this stream returned, '-1' or 'now'",
             code="OFFSET_OUT_OF_RANGE",
         )
-    params: list[object]
-    if row.fork_of is None:
-        where, params = "stream_id = ?", [row.id]
-    else:
-        where, params = visible_clause(segments(tx, row))
-    budget = max(1, int(max_bytes))
-    rows = tx.fetchall(
-        "SELECT seq, data FROM ("
-        "  SELECT seq, data, SUM(length(data)) OVER (ORDER BY seq) - length(data) AS bytes_before"
-        f"  FROM (SELECT seq, data FROM messages WHERE {where} AND seq > ? AND seq <= ?"
-        "        ORDER BY seq LIMIT ?) AS window_rows"
-        ") AS sized WHERE bytes_before < ? ORDER BY seq",
-        (*params, start, tail, MAX_READ_MESSAGES, budget),
-    )
+    rows = _message_rows(tx, row, start, max(1, int(max_bytes)), whole=False)
     messages = tuple(Message(format_offset(seq), bytes(data)) for seq, data in rows)
     next_position = int(rows[-1][0]) if rows else tail
     return ReadResult(
         messages, format_offset(next_position), next_position == tail, closed=row.closed
     )
+
+
+def _message_rows(
+    tx: Transaction, row: StreamRow, start: int, budget: int, *, whole: bool
+) -> list[tuple[int, bytes]]:
+    """The messages after ``start`` up to the tail, in order, within ``budget`` bytes.
+
+    ``whole=False`` (a read): every message that starts within the budget, so at least one;
+    ``whole=True`` (an inline read): only messages that end within it, so perhaps none.
+    """
+    params: list[object]
+    if row.fork_of is None:
+        where, params = "stream_id = ?", [row.id]
+    else:
+        where, params = visible_clause(segments(tx, row))
+    bound = "bytes_before + length(data) <= ?" if whole else "bytes_before < ?"
+    return [
+        (int(seq), bytes(data))
+        for seq, data in tx.fetchall(
+            "SELECT seq, data FROM ("
+            "  SELECT seq, data,"
+            "    SUM(length(data)) OVER (ORDER BY seq) - length(data) AS bytes_before"
+            f"  FROM (SELECT seq, data FROM messages WHERE {where} AND seq > ? AND seq <= ?"
+            "        ORDER BY seq LIMIT ?) AS window_rows"
+            f") AS sized WHERE {bound} ORDER BY seq",
+            (*params, start, row.tail, MAX_READ_MESSAGES, budget),
+        )
+    ]
+
+
+def inline_reads(
+    tx: Transaction, streams: Sequence[LinkedStream], budget: int, now_ms: int
+) -> tuple[InlineRead, ...]:
+    """Read the pending JSON streams of a claim from their acked offsets, in one budget.
+
+    The ``inline-messages`` extension: at most ``budget`` message bytes in all, streams in the
+    claim's order. A stream that is not JSON, no longer readable, or whose first message alone
+    is over what remains is left out (the runner reads it with a plain GET). A read restarts a
+    sliding TTL, as a GET would.
+    """
+    reads: list[InlineRead] = []
+    left = budget
+    for link in streams:
+        if not link.has_pending or left <= 0:
+            continue
+        row = stream_row(tx, link.path)
+        if row is None or row.deleted or row.expired(now_ms) or not is_json(row.content_type):
+            continue
+        start = parse_offset(link.acked_offset)
+        if start >= row.tail:
+            continue
+        rows = _message_rows(tx, row, start, left, whole=True)
+        if not rows:
+            continue
+        left -= sum(len(data) for _, data in rows)
+        touch(tx, row, now_ms)
+        last = rows[-1][0]
+        reads.append(
+            InlineRead(
+                link.path,
+                tuple(data for _, data in rows),
+                format_offset(last),
+                last == row.tail,
+            )
+        )
+    return tuple(reads)
 
 
 def delete_stream(tx: Transaction, path: str, now_ms: int) -> None:

@@ -321,8 +321,14 @@ def ack(
     acks: Sequence[AckItem],
     done: bool,
     now_ms: int,
+    claim_next_worker: str | None = None,
 ) -> AckResult:
+    """Apply acks; with ``done`` end the claim. With ``claim_next_worker`` too (the
+    ``claim-next`` extension) pending work is claimed for that worker here, in this
+    transaction, instead of being woken: the wake event nobody would need is not appended."""
     kind: wake_table.EventKind = "done" if done else "ack"
+    if claim_next_worker is not None:
+        check_identifier(claim_next_worker, "worker")
     sub, credentials = _authorise(tx, secret, kind, sub_id, token, wake_id, generation, now_ms)
     links = {link.path: link for link in load_links(tx, sub_id)}
     advanced: dict[str, int] = {}
@@ -362,7 +368,21 @@ def ack(
         attrs.evolve(link, acked=advanced.get(path, link.acked)) for path, link in links.items()
     ]
     event, pending = _event(tx, sub, kind, now_ms, links=after, credentials=credentials)
-    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    decision = wake_table.decide(sub.wake_state(), event)
+    if (
+        claim_next_worker is not None
+        and done
+        and decision.wake_event
+        and sub.config.type == "pull-wake"
+    ):
+        # The table minted the next generation for pending work; write it without its wake
+        # event (the table's "woken" phase, seen by nobody) and claim it at once, as a claim
+        # request would: same generation rules, new token, new lease.
+        _apply(tx, sub, attrs.evolve(decision, wake_event=False), now_ms, pending=pending)
+        return AckResult(
+            next_wake=False, next_claim=claim(tx, secret, sub_id, claim_next_worker, now_ms)
+        )
+    _apply(tx, sub, decision, now_ms, pending=pending)
     return AckResult(next_wake=decision.wake_event)
 
 
