@@ -5,13 +5,17 @@ of the pages below must carry a name, and the names must be exactly :data:`EXAMP
 block that loses its marker, disappears or appears unnamed fails here. Each block is then run
 as the page shows it, with only the server URL (and, for ``anyio.run``, the backend) swapped:
 programs as processes (stopped with Ctrl-C, every wait bounded), fragments in process on both
-backends. docs/testing.md's blocks are run, in order, by ``tests/machines/test_testing_doc.py``.
+backends. Marked ```sh blocks (the server page's curl and admin-CLI sessions) run with bash
+against a real server too. docs/testing.md's blocks are run, in order, by
+``tests/machines/test_testing_doc.py``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +53,13 @@ EXAMPLES = {
     "testing-properties": "docs/testing.md",
 }
 
+#: Shell sessions that are cheap to run (curl, the admin CLI), each named the same way.
+SHELL_EXAMPLES = {
+    "server-cli-session": "docs/server.md",
+    "server-curl-session": "docs/server.md",
+}
+
+SHELL = re.compile(r"^<!-- example: ([\w-]+) -->\n```sh\n(.*?)^```$", re.M | re.S)
 MARKED = re.compile(r"^(?:<!-- example: ([\w-]+) -->\n)?```python\n(.*?)^```$", re.M | re.S)
 
 
@@ -81,6 +92,69 @@ def test_every_python_block_is_named_and_every_named_example_is_there() -> None:
             assert name not in found, f"example {name!r} is named twice"
             found[name] = page
     assert found == EXAMPLES
+    shells = {}
+    for page in PAGES:
+        text = (REPO / page).read_text(encoding="utf-8")
+        shells.update({name: page for name, _ in SHELL.findall(text)})
+    assert shells == SHELL_EXAMPLES
+
+
+def shell_example(name: str) -> str:
+    """Return the code of the shell session ``name``, as the page shows it."""
+    text = (REPO / SHELL_EXAMPLES[name]).read_text(encoding="utf-8")
+    [code] = [code for found, code in SHELL.findall(text) if found == name]
+    return code
+
+
+def run_shell(code: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env},
+        timeout=WAIT,
+    )
+
+
+@pytest.mark.e2e
+def test_the_curl_session_of_the_server_page(server_factory: ServerFactory, tmp_path: Path) -> None:
+    if shutil.which("curl") is None or shutil.which("jq") is None:
+        pytest.skip("the curl session needs curl and jq")
+    server = server_factory()
+    code = shell_example("server-curl-session")
+    assert f"S={DOC_URL}\n" in code
+    done = run_shell(code.replace(f"S={DOC_URL}\n", f"S={server.url}\n"), tmp_path, {})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "HTTP/1.1 201 Created"
+    assert "201" in lines
+    assert 'data:[{"type":"wake","subscription_id":"orders","stream":"events/orders",' in (
+        done.stdout
+    )
+    assert '[{"order":1,"item":"tea"}]' in lines
+    assert '{"ok":true,"next_wake":false}' in lines
+    assert json.loads(lines[-1])["error"]["code"] == "NO_PENDING_WORK"
+
+
+@pytest.mark.e2e
+def test_the_admin_cli_session_of_the_server_page(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = server_factory()
+    code = shell_example("server-cli-session")
+    assert code.count("pullwake ") == 7
+    # The commands as a user's shell runs them, with this interpreter's pullwake; the
+    # background tail is stopped at the end (the page leaves it to the user).
+    code = code.replace("pullwake ", f"{sys.executable} -m pullwake ")
+    code += "sleep 1; kill %1; wait\n"
+    done = run_shell(code, tmp_path, {"PULLWAKE_URL": server.url})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert '{"order":1,"item":"tea"}' in out.splitlines(), out
+    # The tail saw the wake the append caused.
+    assert '"type":"wake"' in out, out
+    assert '"subscription_id":"orders"' in out, out
 
 
 class Program:
