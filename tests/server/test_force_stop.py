@@ -67,6 +67,9 @@ def test_a_second_signal_cuts_a_request_the_graceful_stop_waits_for(
             b"POST /v1/stream/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100\r\n\r\n[1"
         )
+        # No event says the server has read that head; give it a second (a request not yet
+        # read is an idle connection, which a graceful stop closes at once).
+        time.sleep(1.0)
         server.proc.send_signal(signal.SIGINT)
         wait_for(lambda: "press Ctrl-C again to force" in server.stderr_text(), "the stop line")
         first = [line for line in server.stderr_text().splitlines() if "Ctrl-C again" in line]
