@@ -218,6 +218,10 @@ class ClaimPipeline:
         self._hard_stop = False
         # Real seconds one release may take (close() lowers it to its stop bound).
         self._release_bound = self.settings.request_timeout
+        # Invariant: True once end_grace() was called: close() then waits for no handler.
+        self._grace_cut = False
+        # The scope of close()'s grace wait while it runs (end_grace() cancels it).
+        self._grace_scope: anyio.CancelScope | None = None
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -277,8 +281,9 @@ class ClaimPipeline:
             lane.queue.clear()
             if lane.phase == "waiting" and lane.wait_scope is not None:
                 lane.wait_scope.cancel(reason="runner stopping")
-        with anyio.move_on_after(grace):
+        with anyio.move_on_after(0 if self._grace_cut else grace) as self._grace_scope:
             await self._idle.wait()
+        self._grace_scope = None
         self._hard_stop = True
         self._release_bound = min(self._release_bound, bound)
         for lane in self._lanes.values():
@@ -309,6 +314,17 @@ class ClaimPipeline:
             # task); the claims are released already.
             self._release_host_when_idle()
         return tuple(names)
+
+    def end_grace(self) -> None:
+        """Cut the stop's grace period now, or that of a :meth:`close` still to come.
+
+        Running handlers are then cancelled at once and their claims released, each release
+        within close()'s ``bound`` (a claim whose release gets no answer in time is left to
+        its lease expiry). This is what a second Ctrl-C of ``pullwake run`` does.
+        """
+        self._grace_cut = True
+        if self._grace_scope is not None:
+            self._grace_scope.cancel(reason="forced stop: the grace period was cut")
 
     def _release_host_when_idle(self) -> None:
         if self._tg is not None:

@@ -3,12 +3,15 @@
 The handler is ``async def handler(claim)`` imported from ``MODULE`` (the current directory is
 on the import path, like ``python -m``). The runner logs every lifecycle transition to stderr.
 SIGINT or SIGTERM stops it gracefully: running handlers get ``--grace`` seconds, unfinished
-claims are released, and the last heartbeat says "stopped".
+claims are released, and the last heartbeat says "stopped". The first signal logs how many
+handlers it waits for and for how long; a second one forces the stop: running handlers are
+cancelled at once and their claims released best-effort (a release the server does not answer
+within the stop bound leaves that claim to its lease expiry); a third exits at once.
 
-Exit status: 0 after a clean stop; 1 when the server refused the runner (bad token, bad
-configuration); 2 for bad arguments or a handler that cannot be imported; 3 when handlers
-ignored cancellation at stop (the process then exits without waiting for them, since their
-claims are already released).
+Exit status: 0 after a clean stop; 130 after a forced one; 1 when the server refused the
+runner (bad token, bad configuration); 2 for bad arguments or a handler that cannot be
+imported; 3 when handlers ignored cancellation at stop (the process then exits without waiting
+for them, since their claims are already released).
 
 ``--transitions-log FILE`` (or ``PULLWAKE_TRANSITIONS_LOG``) also appends every lifecycle record
 to ``FILE`` as a JSON line (``runtime/transitions_log.py``), for tools that watch the runner.
@@ -210,29 +213,75 @@ def build_runner(
 
 
 async def serve(runner: Runner) -> int:
-    """Run ``runner`` until SIGINT/SIGTERM or until it stops by itself; return the status."""
+    """Run ``runner`` until SIGINT/SIGTERM or until it stops by itself; return the status.
+
+    The first signal starts a graceful stop and says how long it may take; a second one cuts
+    the grace (running handlers are cancelled, their claims released best-effort within
+    ``stop_bound``, else left to lease expiry) and the status is then 130; a third one exits
+    the process at once, leaving every held claim to its lease expiry.
+    """
+    forced = False
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with runner:
             async with anyio.create_task_group() as tg:
 
                 async def on_signal() -> None:
                     async for signum in signals:
-                        logger.info("%s received: stopping", signal.Signals(signum).name)
+                        handlers = runner.statistics().claims.handlers_active
+                        logger.warning(
+                            "%s received: stopping: finishing %d handler(s), waiting up to "
+                            "%s s (press Ctrl-C again to force)",
+                            signal.Signals(signum).name,
+                            handlers,
+                            f"{runner.grace:g}",
+                        )
                         tg.cancel_scope.cancel(reason="signal")
                         return
 
                 tg.start_soon(on_signal)
                 await runner.wait_state("stopped")
                 tg.cancel_scope.cancel(reason="the runner stopped by itself")
-            try:
-                await runner.stop()
-            except StopTimeout as exc:
-                logger.error("%s", exc)
+            failure: RuntimeFailure | None = None
+            async with anyio.create_task_group() as tg:
+
+                async def on_second_signal() -> None:
+                    nonlocal forced
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        if forced:
+                            logger.error(
+                                "%s received again: exiting now; held claims are left to their "
+                                "lease expiry",
+                                name,
+                            )
+                            logging.shutdown()
+                            os._exit(130)
+                        forced = True
+                        logger.warning(
+                            "%s received while stopping: forcing the stop: cancelling %d "
+                            "handler(s); their claims are released if the server answers "
+                            "within %s s, else left to lease expiry",
+                            name,
+                            runner.statistics().claims.handlers_active,
+                            f"{runner.settings.stop_bound:g}",
+                        )
+                        runner.end_grace()
+
+                tg.start_soon(on_second_signal)
+                try:
+                    await runner.stop()
+                except RuntimeFailure as exc:
+                    failure = exc
+                tg.cancel_scope.cancel(reason="the runner stopped")
+            if isinstance(failure, StopTimeout):
+                logger.error("%s", failure)
                 logging.shutdown()
                 # The stuck handlers' claims are released; waiting for them would make the
                 # process's stop unbounded, which is what this exit status exists to avoid.
                 os._exit(3)
-    return 0
+            if failure is not None:
+                raise failure
+    return 130 if forced else 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -213,9 +213,15 @@ def map_http_errors(method: str, url: str) -> Iterator[None]:
         ) from exc
 
 
+def _is_page(content: bytes, content_type: str) -> bool:
+    """Whether an answer is a web page (HTML or other markup), not a Durable Streams answer."""
+    kind = content_type.split(";")[0].strip().lower()
+    return kind in ("text/html", "application/xhtml+xml") or content.lstrip()[:1] == b"<"
+
+
 def _error_body(content: bytes, content_type: str = "") -> tuple[dict[str, Any], str | None, str]:
     kind = content_type.split(";")[0].strip().lower()
-    if kind in ("text/html", "application/xhtml+xml") or content.lstrip()[:1] == b"<":
+    if _is_page(content, content_type):
         # A web page (a proxy, a web server, a wrong URL): name it, never paste it.
         return {}, None, f"a {kind or 'markup'} page, not a Durable Streams answer (wrong URL?)"
     try:
@@ -239,7 +245,13 @@ def raise_for_answer(
         return
     body, code, detail = _error_body(content, content_type)
     said = f"{status} {code or ''}".strip() + (f": {detail}" if detail else "")
-    fields: dict[str, Any] = {"method": method, "url": url, "status": status, "code": code}
+    fields: dict[str, Any] = {
+        "method": method,
+        "url": url,
+        "status": status,
+        "code": code,
+        "page": _is_page(content, content_type),
+    }
     if status >= 500:
         raise ServerFailure(
             f"{method} {url} answered {said}; a server-side failure, retried with backoff",

@@ -51,7 +51,9 @@ class RequestFailed(RuntimeFailure):
     """An HTTP exchange with the server failed; see the subclasses for why.
 
     ``status`` is the HTTP status (``None`` when no answer came), ``code`` the short error code
-    of the answer's JSON body (``None`` when it had none), ``body`` the decoded JSON error body.
+    of the answer's JSON body (``None`` when it had none), ``body`` the decoded JSON error body,
+    ``page`` whether the answer was a web page (HTML: a proxy or a wrong URL answered, not a
+    Durable Streams server).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class RequestFailed(RuntimeFailure):
         status: int | None = None,
         code: str | None = None,
         body: dict[str, object] | None = None,
+        page: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -71,6 +74,7 @@ class RequestFailed(RuntimeFailure):
         self.status = status
         self.code = code
         self.body = body or {}
+        self.page = page
 
 
 class TransientError(RequestFailed):

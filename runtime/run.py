@@ -212,6 +212,9 @@ class Run:
         self._lock = anyio.Lock()
         # Connect attempts since the last good stream: the backoff exponent.
         self.connect_failures = 0
+        # Invariant: (method, url, status) -> web-page answers to a connect in this run; the
+        # first is logged in full, the rest are counted (see page_answer()).
+        self.page_answers: dict[tuple[str, str, int | None], int] = {}
         # Handlers that ignored cancellation at stop (filled by the drain).
         self.stuck: tuple[str, ...] = ()
         self.closed = False
@@ -386,12 +389,53 @@ class Run:
         except ServerUnreachable as exc:
             self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
             return Outcome("server_lost", exc)
-        except (RequestFailed, OSError) as exc:
-            # An answer that was an error (or the local offset store failed): connect_failed.
+        except RequestFailed as exc:
+            # An answer that was an error: connect_failed.
+            failure = self.page_answer(exc) if exc.page else exc
+            self.diagnostics.record_error(f"connect: {describe_failure(failure)}")
+            if failure is exc:
+                raise
+            raise failure from exc
+        except OSError as exc:
+            # The local offset store failed: connect_failed.
             self.diagnostics.record_error(f"connect: {describe_failure(exc)}")
             raise
         self.slot.put(connection)
         return None
+
+    def page_answer(self, exc: RequestFailed) -> RequestFailed:
+        """Say once per run that a web page answered; return the error to retry on.
+
+        A proxy or a wrong URL answers every reconnect with the same page: the first time is
+        logged as a warning naming the URL and the status; every later identical answer is
+        counted (in the error the chart logs and in the diagnostics' last error) and logged at
+        DEBUG, so the log does not fill with the same story.
+        """
+        key = (exc.method, exc.url, exc.status)
+        seen = self.page_answers[key] = self.page_answers.get(key, 0) + 1
+        if seen == 1:
+            logger.warning(
+                "%s: %s %s answered %s: this is an HTML page, not a Durable Streams server (a "
+                "proxy, or a wrong URL?); retrying with backoff; identical answers are counted, "
+                "not logged again",
+                self.runner_id,
+                exc.method,
+                exc.url,
+                exc.status,
+                extra={**self.log_fields, "url": exc.url, "status": exc.status},
+            )
+            return exc
+        logger.debug("%s: %s (%d times)", self.runner_id, exc.message, seen, extra=self.log_fields)
+        return type(exc)(
+            f"{exc.method} {exc.url} answered {exc.status} with the same HTML page again "
+            f"({seen} times this run)",
+            method=exc.method,
+            url=exc.url,
+            status=exc.status,
+            code=exc.code,
+            body=exc.body,
+            page=True,
+        )
 
     async def read_stream(self, ctx: ActivityContext) -> Outcome | None:
         """Read wakes into the claim pipeline until the stream ends (module doc)."""

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        anyio.run(serve, config, backend=args.backend)
+        forced = anyio.run(serve, config, backend=args.backend)
     except UnsafeBindError as exc:
         print(f"pullwake server: {exc}", file=sys.stderr)
         return 2
@@ -259,4 +259,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    # A second signal cut the open connections: say so in the status, as an interrupted
+    # program does.
+    return 130 if forced else 0

@@ -1,10 +1,11 @@
-"""The server's event log: its start-up banner and one INFO line per claim, ack and release.
+"""The server's event log: its start-up banner and one INFO line per claim, ack, release and
+lease expiry.
 
 Each line names what an operator greps for, and passes it as ``extra=`` too, so ``--log-format
 json`` gives it as fields (``subscription``, ``wake_id``, ``generation``, ``worker``). The
 logger is ``pullwake.server.events``; raise it to WARNING to keep the banner and errors only.
-Lease expiry is logged by the sweeper (``pullwake.server``), one line per sweep with the count:
-the store answers how many leases it cleared, not which.
+Lease expiry is logged per lease, with the ids of the claim that lapsed and the runner that
+held it (the sweeper gets them from ``Store.expire_leases``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import logging
 import re
 
 from pullwake.server.config import ServerConfig
+from pullwake.server.store.base import ExpiredLease
 
-__all__ = ["auth_mode", "log_ack", "log_banner", "log_claim", "log_release", "redact_dsn"]
+__all__ = [
+    "auth_mode",
+    "log_ack",
+    "log_banner",
+    "log_claim",
+    "log_lease_expired",
+    "log_release",
+    "redact_dsn",
+]
 
 log = logging.getLogger("pullwake.server.events")
 
@@ -97,4 +107,21 @@ def log_release(sub_id: str, wake_id: str, generation: int) -> None:
         wake_id,
         generation,
         extra={"subscription": sub_id, "wake_id": wake_id, "generation": generation},
+    )
+
+
+def log_lease_expired(lease: ExpiredLease) -> None:
+    """Log one lease the sweep cleared: its holder let it lapse, and the work is woken again."""
+    log.info(
+        "lease expired %s held by %s (wake %s, generation %d); waking it again",
+        lease.subscription_id,
+        lease.worker,
+        lease.wake_id,
+        lease.generation,
+        extra={
+            "subscription": lease.subscription_id,
+            "worker": lease.worker,
+            "wake_id": lease.wake_id,
+            "generation": lease.generation,
+        },
     )

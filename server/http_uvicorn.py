@@ -203,10 +203,16 @@ async def serve_uvicorn(
     sock: socket.socket,
     shutdown_trigger: Callable[[], Awaitable[object]],
     gate: limits.ConnectionGate | None = None,
+    force_trigger: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Serve ``app`` on the bound, listening ``sock`` until ``shutdown_trigger`` returns, then
     give open connections at most ``config.shutdown_grace`` seconds (whole seconds, rounded
-    up: uvicorn counts in seconds)."""
+    up: uvicorn counts in seconds).
+
+    Once ``force_trigger`` returns, the wait ends and every open connection is closed: its
+    request then sees a disconnect and ends, rather than being cancelled (which uvicorn would
+    log as a traceback).
+    """
     uvicorn_config = uvicorn.Config(
         app,
         http=BoundedHttpToolsProtocol if gate is None else limited_protocol(config, gate),
@@ -220,6 +226,18 @@ async def serve_uvicorn(
             await shutdown_trigger()
             server.should_exit = True
 
+        async def force() -> None:
+            assert force_trigger is not None
+            await force_trigger()
+            server.should_exit = True
+            server.force_exit = True
+            for connection in list(server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.close()
+
         tg.start_soon(trigger)
+        if force_trigger is not None:
+            tg.start_soon(force)
         await server.serve(sockets=[sock])
         tg.cancel_scope.cancel()

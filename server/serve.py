@@ -17,13 +17,16 @@ PostgreSQL each sweeps, and the store's transactions make that safe), and the si
 
 Shutdown on SIGINT or SIGTERM: first every SSE stream and long-poll is told to finish (a final
 control event, then EOF; see ``shutdown.py``), then the HTTP server stops accepting and gives
-open connections at most ``shutdown_grace`` seconds, then the store closes. Further signals are
-logged and otherwise ignored: the grace is already bounded.
+open connections at most ``shutdown_grace`` seconds, then the store closes. The first signal's
+log line says how many connections it waits for and how long. A second signal forces the stop:
+every task is cancelled (open requests are cut, their clients see the connection close), the
+store still closes, and :func:`serve` returns True (``pullwake server`` exits 130).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -40,13 +43,17 @@ from pullwake.server.auth import require_safe_bind
 from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, wall_clock_ms
 from pullwake.server.errors import UnsupportedHttpServer
-from pullwake.server.events import log_banner
+from pullwake.server.events import log_banner, log_lease_expired
 from pullwake.server.store.base import Store
 from pullwake.server.webhooks import deliver_webhooks, is_loopback_host
 
 log = logging.getLogger("pullwake.server")
 
 LISTENING_PREFIX = "pullwake server listening on "
+
+#: Seconds a forced stop (a second signal) leaves uvicorn to close its connections before
+#: every task is cancelled.
+FORCE_BOUND = 2.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -108,8 +115,9 @@ async def sweep_leases(app: Starlette, interval: float) -> None:
             log.exception("lease sweep failed; retrying in %.1f s", interval)
             continue
         if expired:
-            ctx.metrics.leases_expired.inc(expired)
-            log.info("cleared %d expired claim lease(s)", expired)
+            ctx.metrics.leases_expired.inc(len(expired))
+            for lease in expired:
+                log_lease_expired(lease)
         try:
             # Expired streams are already invisible (the rules check deadlines on access);
             # this removes them and their links, as a DELETE would.
@@ -163,8 +171,11 @@ async def serve_app(
     announce: Callable[[str], None] | None = None,
     handle_signals: bool = True,
     stop: anyio.Event | None = None,
-) -> None:
-    """Serve ``app`` until a signal (or ``stop``) arrives, then shut down gracefully."""
+) -> bool:
+    """Serve ``app`` until a signal (or ``stop``) arrives, then shut down gracefully.
+
+    Return True when a second signal forced the stop (open connections were cut).
+    """
     require_safe_bind(config)
     http = http_server_for(config)
     fd_soft, _ = limits.raise_fd_limit()
@@ -173,10 +184,23 @@ async def serve_app(
     url = url_of(sock, config.host)
     log_banner(url, config, http)
     stopping = anyio.Event()
+    forcing = anyio.Event()
+    forced = False
+    # The gate counts connections under uvicorn and trio's hypercorn, not asyncio's hypercorn.
+    counted = http == "uvicorn" or sniffio.current_async_library() == "trio"
+
+    def connections() -> str:
+        return f"{gate.open} open connection(s)" if counted else "open connections"
 
     def begin(reason: str) -> None:
         if not stopping.is_set():
-            log.info("%s: closing SSE streams and stopping", reason)
+            log.info(
+                "%s: stopping: closing SSE streams and long-polls; %s get up to %s s to finish%s",
+                reason,
+                connections(),
+                f"{config.shutdown_grace:g}",
+                " (press Ctrl-C again to force)" if handle_signals else "",
+            )
             begin_shutdown(app)
             stopping.set()
 
@@ -184,15 +208,36 @@ async def serve_app(
         if handle_signals:
 
             async def watch_signals() -> None:
+                nonlocal forced
                 with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                     async for signum in signals:
+                        name = signal.Signals(signum).name
                         if stopping.is_set():
+                            # The operator does not want to wait: cut every connection now.
                             log.warning(
-                                "%s again: already stopping (connections get at most %.1f s)",
-                                signal.Signals(signum).name,
-                                config.shutdown_grace,
+                                "%s again: forcing the stop: cutting %s",
+                                name,
+                                connections(),
                             )
-                        begin(signal.Signals(signum).name)
+                            forced = True
+                            forcing.set()
+                            if http == "uvicorn":
+                                # uvicorn closes its connections itself (no tracebacks);
+                                # whatever is left after the bound is cancelled.
+                                tg.cancel_scope.deadline = anyio.current_time() + FORCE_BOUND
+                            elif counted:
+                                # trio's hypercorn runs its connections in this task group.
+                                tg.cancel_scope.cancel(reason="forced stop")
+                            else:
+                                # asyncio's hypercorn cannot be cancelled while it waits for
+                                # its connections (worker_serve raises InvalidStateError) and
+                                # has no way to shorten that wait: leave now. Committed writes
+                                # are durable; the database connections simply drop.
+                                log.warning("pullwake server stopped (forced)")
+                                logging.shutdown()
+                                os._exit(130)
+                            return
+                        begin(name)
 
             tg.start_soon(watch_signals)
         if stop is not None:
@@ -212,14 +257,15 @@ async def serve_app(
             if http == "uvicorn":
                 from pullwake.server.http_uvicorn import serve_uvicorn
 
-                await serve_uvicorn(app, config, sock, stopping.wait, gate)
+                await serve_uvicorn(app, config, sock, stopping.wait, gate, forcing.wait)
             else:
                 hyper = hypercorn_config(config, sock, gate)
                 await _hypercorn_serve(app, hyper, stopping.wait)
             tg.cancel_scope.cancel()
 
         tg.start_soon(run_http)
-    log.info("pullwake server stopped")
+    log.info("pullwake server stopped%s", " (forced)" if forced else "")
+    return forced
 
 
 def _print_listening(url: str) -> None:
@@ -234,8 +280,11 @@ async def serve(
     announce: Callable[[str], None] | None = None,
     handle_signals: bool = True,
     stop: anyio.Event | None = None,
-) -> None:
-    """Open the store named by ``config.database_url`` (unless given), serve, close it."""
+) -> bool:
+    """Open the store named by ``config.database_url`` (unless given), serve, close it.
+
+    Return True when a second signal forced the stop (see :func:`serve_app`).
+    """
     require_safe_bind(config)
     if store is None:
         from pullwake.server.store import open_store
@@ -245,7 +294,9 @@ async def serve(
     await store.open()
     try:
         app = create_app(store, config, clock=wall_clock_ms)
-        await serve_app(app, config, announce=announce, handle_signals=handle_signals, stop=stop)
+        return await serve_app(
+            app, config, announce=announce, handle_signals=handle_signals, stop=stop
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await store.aclose()

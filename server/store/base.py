@@ -201,6 +201,17 @@ class AckResult:
 
 
 @attrs.frozen
+class ExpiredLease:
+    """One lease the sweep cleared: the claim that lapsed (its work is woken again)."""
+
+    subscription_id: str
+    wake_id: str
+    generation: int
+    #: The runner that held the claim and let its lease run out.
+    worker: str
+
+
+@attrs.frozen
 class Runner:
     id: str
     label: str | None
@@ -429,8 +440,9 @@ class Store(Protocol):
         """End the claim without acking (same checks as ``ack``); re-wake pending work."""
         ...
 
-    async def expire_leases(self, now_ms: int) -> int:
-        """Clear every lease past its expiry and re-wake pending work; return how many."""
+    async def expire_leases(self, now_ms: int) -> tuple[ExpiredLease, ...]:
+        """Clear every lease past its expiry and re-wake pending work; return the cleared
+        leases (ordered by subscription id), so each can be logged with its ids."""
         ...
 
     # webhooks -----------------------------------------------------------------------------

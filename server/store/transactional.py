@@ -39,6 +39,7 @@ from pullwake.server.store.base import (
     AckResult,
     AppendResult,
     Claim,
+    ExpiredLease,
     Producer,
     ReadResult,
     Runner,
@@ -352,7 +353,7 @@ class TransactionalStore:
     ) -> None:
         await self._call(rules.release, self._secret, sub_id, token, wake_id, generation, now_ms)
 
-    async def expire_leases(self, now_ms: int) -> int:
+    async def expire_leases(self, now_ms: int) -> tuple[ExpiredLease, ...]:
         return await self._call(rules.expire_leases, now_ms)
 
     # -- webhooks -------------------------------------------------------------------------------

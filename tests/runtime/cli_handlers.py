@@ -27,3 +27,10 @@ async def stubborn(claim: Claim) -> None:
 
 
 not_callable = 42
+
+
+async def slow(claim: Claim) -> None:
+    """Run for an hour unless cancelled (for the forced-stop test); record that it started."""
+    async with await anyio.open_file(os.environ["PULLWAKE_TEST_OUT"], "a") as out:
+        await out.write("started\n")
+    await anyio.sleep(3600)

@@ -42,7 +42,7 @@ async def test_a_fast_replica_does_not_expire_or_steal_a_lease(postgres_dsn: str
         PostgresStore(postgres_dsn, database_clock=True) as fast,
     ):
         await grant(granting)
-        assert await fast.expire_leases(wall_ms() + SKEW_MS) == 0
+        assert await fast.expire_leases(wall_ms() + SKEW_MS) == ()
         with pytest.raises(Conflict) as refused:
             await fast.claim("s", "w2", wall_ms() + SKEW_MS)
         assert refused.value.code == "ALREADY_CLAIMED"
@@ -57,4 +57,5 @@ async def test_a_fast_replica_does_not_expire_or_steal_a_lease(postgres_dsn: str
 async def test_without_the_database_clock_a_fast_replica_expires_it(postgres_dsn: str) -> None:
     async with PostgresStore(postgres_dsn) as granting, PostgresStore(postgres_dsn) as fast:
         await grant(granting)
-        assert await fast.expire_leases(wall_ms() + SKEW_MS) == 1
+        [lapsed] = await fast.expire_leases(wall_ms() + SKEW_MS)
+        assert (lapsed.subscription_id, lapsed.worker) == ("s", "w1")

@@ -12,7 +12,7 @@ import pytest
 
 from pullwake.server.errors import BadRequest, Conflict, NotFound, StoreError, Unauthorized
 from pullwake.server.store import Store
-from pullwake.server.store.base import AckItem, SubscriptionConfig
+from pullwake.server.store.base import AckItem, ExpiredLease, SubscriptionConfig
 from pullwake.server.store.offsets import OFFSET_WIDTH
 from tests.server.stores import (
     T0,
@@ -640,14 +640,17 @@ async def test_lease_expiry_clears_the_holder_and_re_wakes(store: Store) -> None
     await make_subscription(store, lease_ttl_ms=1_000)
     await store.append("events/a", [b"1"], T0)
     claim = await store.claim("sub", "w1", T0)
-    assert await store.expire_leases(T0 + 999) == 0
+    assert await store.expire_leases(T0 + 999) == ()
     assert (await store.subscription("sub")).holder == "w1"
 
-    assert await store.expire_leases(T0 + 1_000) == 1
+    # The sweep names each lease it cleared: the lapsed claim's ids and its holder.
+    assert await store.expire_leases(T0 + 1_000) == (
+        ExpiredLease("sub", claim.wake_id, claim.generation, "w1"),
+    )
     sub = await store.subscription("sub")
     assert (sub.holder, sub.lease_expires_at_ms, sub.generation) == (None, None, 2)
     assert [e["generation"] for e in await wake_events(store)] == [1, 2]
-    assert await store.expire_leases(T0 + 5_000) == 0
+    assert await store.expire_leases(T0 + 5_000) == ()
 
     with pytest.raises(Unauthorized) as exc:
         await ack_all(store, "sub", claim, now_ms=T0 + 1_001)

@@ -17,7 +17,7 @@ import attrs
 
 from pullwake.server.errors import Conflict, StoreError, Unauthorized
 from pullwake.server.names import check_identifier
-from pullwake.server.store.base import AckItem, AckResult, Claim, Subscription
+from pullwake.server.store.base import AckItem, AckResult, Claim, ExpiredLease, Subscription
 from pullwake.server.store.offsets import format_offset, is_offset, parse_offset
 from pullwake.server.store.rules import wake_table
 from pullwake.server.store.rules.catalog import (
@@ -400,9 +400,9 @@ def release(
     _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
 
 
-def expire_leases(tx: Transaction, now_ms: int) -> int:
+def expire_leases(tx: Transaction, now_ms: int) -> tuple[ExpiredLease, ...]:
     check_int(now_ms, "now_ms")
-    expired = 0
+    expired = []
     for (sub_id,) in tx.fetchall(
         "SELECT id FROM subscriptions WHERE holder IS NOT NULL AND lease_expires_at_ms <= ? "
         "ORDER BY id" + tx.row_lock + tx.skip_locked,
@@ -411,10 +411,14 @@ def expire_leases(tx: Transaction, now_ms: int) -> int:
         sub = load_sub(tx, sub_id, lock=True)
         if sub is None or sub.wake_state().phase(now_ms) != "lapsed":
             continue
+        # A lapsed lease has a holder and a wake id (the wake table's "lapsed" phase).
+        assert sub.holder is not None
+        assert sub.wake_id is not None
+        lapsed = ExpiredLease(sub.id, sub.wake_id, sub.generation, sub.holder)
         event, pending = _event(tx, sub, "expire", now_ms)
         _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
-        expired += 1
-    return expired
+        expired.append(lapsed)
+    return tuple(expired)
 
 
 def claims_held_by(tx: Transaction, worker: str) -> tuple[Subscription, ...]:
