@@ -379,8 +379,9 @@ class LeanPool:
                 answer.framed
                 and not answer.extra
                 and not self._closed
+                # False for Connection: close, for HTTP/1.0 without keep-alive, and for a body
+                # that ends with the connection (llhttp's verdict at the end of the head).
                 and answer.keep_alive
-                and not _says_close(response.headers)
             )
             if keep:
                 idle = self._idle.setdefault(origin, [])
@@ -402,10 +403,6 @@ class _Unanswered(Exception):
     def __init__(self, error: httpx.TransportError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _says_close(headers: httpx.Headers) -> bool:
-    return "close" in headers.get("connection", "").lower()
 
 
 def _describe(exc: BaseException) -> str:
