@@ -396,7 +396,7 @@ class Client:
     replaces the default verifying context (made per client otherwise).
 
     ``lean_http`` (default on) sends the request/answer exchanges to plain ``http://`` URLs
-    over :mod:`pullwake.runtime.lean_http` instead of httpx (about a tenth of httpx's CPU per
+    over :mod:`pullwake.runtime.lean_http` instead of httpx (about a quarter of httpx's CPU per
     exchange). It is used only where it changes nothing but the cost: never with a
     ``transport``, never for ``https://`` URLs or URLs with credentials, never when the
     environment names an HTTP proxy (httpx would use it). The wake stream always uses httpx.
