@@ -1,4 +1,4 @@
-"""Speak the Durable Streams protocol and pullwake's runner registry over one httpx client.
+"""Speak the Durable Streams protocol and pullwake's runner registry over HTTP.
 
 Theory of operation
 -------------------
@@ -17,8 +17,14 @@ timeouts bound it: ``connect`` for the TCP/TLS handshake and ``read`` for any si
 server writes a keepalive on idle streams (3 s by default), so silence past ``read`` (default
 9 s, three keepalives) means the server or the path to it is dead.
 
-A client owns one connection pool. The runner makes one per run and closes it at the end, so
-nothing is shared between runs or stacked by a restart.
+The request/answer exchanges to a plain ``http://`` server go over the lean HTTP path
+(:mod:`pullwake.runtime.lean_http`: httptools on anyio streams, a fraction of httpx's CPU),
+unless ``lean_http=False``, a ``transport``, or a proxy in the environment keeps them on
+httpx; the wake stream always uses httpx and httpx-sse. The lean path raises httpx's own
+transport exceptions, so :func:`map_http_errors` maps both paths at the same edge.
+
+A client owns its connection pools (httpx's and the lean one). The runner makes one per run and
+closes it at the end, so nothing is shared between runs or stacked by a restart.
 
 Several base URLs may be given (servers sharing one database); :meth:`Client.rotate` moves to
 the next one, which the runner does each time it backs off.
@@ -436,9 +442,9 @@ class Client:
         self._sse_timeout = httpx.Timeout(t.request, connect=t.connect, read=t.read)
         # Invariant: per base URL (same index), its lean origin, or None where httpx serves
         # the exchanges; all None when the lean path is off.
+        lean = lean_http and transport is None and not _proxy_in_env()
         self._origins: list[Origin | None] = [
-            lean_origin(base) if lean_http and transport is None and not _proxy_in_env() else None
-            for base in self._bases
+            lean_origin(base) if lean else None for base in self._bases
         ]
         self._lean = LeanPool()
 
