@@ -21,7 +21,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from pullwake.runtime import Runner, RunnerSettings, SubscriptionSpec, errors
 from pullwake.runtime.client import Client, Timeouts
-from pullwake.runtime.lean_http import LeanPool, lean_origin
+from pullwake.runtime.lean_http import IDLE_LIMIT, LeanPool, lean_origin
 from tests.fixtures.servers import ServerFactory
 
 from .realserver import Collector, Producer, fast_settings
@@ -270,6 +270,31 @@ async def test_a_1xx_answer_is_skipped_for_the_final_one(anyio_backend: str) -> 
         async with scripted(script) as server, Client(server.url) as client:
             assert (await client.read("s", "-1")).messages == (4,)
     assert server.connections == 1
+
+
+async def test_bytes_after_a_complete_answer_keep_the_connection_from_reuse(
+    anyio_backend: str,
+) -> None:
+    """An answer followed by bytes nobody asked for (here, a second answer in the same write):
+    the connection is out of step with its requests, so it is closed, not reused."""
+
+    async def script(peer: Peer) -> None:
+        while True:
+            await peer.request()
+            await peer.send(answer(200, b"[1]", JSON_READ) + answer(200, b"[2]", JSON_READ))
+
+    with anyio.fail_after(WAIT):
+        async with scripted(script) as server, Client(server.url) as client:
+            assert (await client.read("s", "-1")).messages == (1,)
+            assert (await client.read("s", "-1")).messages == (1,)
+    assert server.connections == 2
+
+
+def test_the_idle_limit_is_below_the_servers_keep_alive() -> None:
+    """A pooled connection is dropped before the server would close it for idleness."""
+    from pullwake.server.http_uvicorn import UVICORN_SETTINGS
+
+    assert UVICORN_SETTINGS["timeout_keep_alive"] > IDLE_LIMIT
 
 
 async def test_a_connection_the_server_closed_while_idle_is_never_used(
