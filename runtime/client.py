@@ -1,4 +1,4 @@
-"""Speak the Durable Streams protocol and pullwake's runner registry over one httpx client.
+"""Speak the Durable Streams protocol and pullwake's runner registry over HTTP.
 
 Theory of operation
 -------------------
@@ -17,8 +17,14 @@ timeouts bound it: ``connect`` for the TCP/TLS handshake and ``read`` for any si
 server writes a keepalive on idle streams (3 s by default), so silence past ``read`` (default
 9 s, three keepalives) means the server or the path to it is dead.
 
-A client owns one connection pool. The runner makes one per run and closes it at the end, so
-nothing is shared between runs or stacked by a restart.
+The request/answer exchanges to a plain ``http://`` server go over the lean HTTP path
+(:mod:`pullwake.runtime.lean_http`: httptools on anyio streams, a fraction of httpx's CPU),
+unless ``lean_http=False``, a ``transport``, or a proxy in the environment keeps them on
+httpx; the wake stream always uses httpx and httpx-sse. The lean path raises httpx's own
+transport exceptions, so :func:`map_http_errors` maps both paths at the same edge.
+
+A client owns its connection pools (httpx's and the lean one). The runner makes one per run and
+closes it at the end, so nothing is shared between runs or stacked by a restart.
 
 Several base URLs may be given (servers sharing one database); :meth:`Client.rotate` moves to
 the next one, which the runner does each time it backs off.
@@ -29,9 +35,10 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, NoReturn
-from urllib.parse import quote
+from typing import Any, NoReturn, Protocol
+from urllib.parse import quote, urlencode
 
 import anyio
 import attrs
@@ -51,6 +58,7 @@ from .errors import (
     ServerFailure,
     ServerUnreachable,
 )
+from .lean_http import LeanPool, Origin, lean_origin
 from .offsets import START_OFFSET, offset_after
 
 __all__ = [
@@ -90,6 +98,19 @@ class Timeouts:
     connect: float = 5.0
     read: float = 9.0
     request: float = 10.0
+
+
+class _Answer(Protocol):
+    """What the methods read of an answer: an ``httpx.Response`` or a lean one."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> httpx.Headers: ...
+
+    @property
+    def content(self) -> bytes: ...
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -476,6 +497,12 @@ class Client:
     releases, which carry the claim's own token there (and ``token`` in
     ``Pullwake-Authorization``). ``transport`` replaces the network (tests); ``ssl_context``
     replaces the default verifying context (made per client otherwise).
+
+    ``lean_http`` (default on) sends the request/answer exchanges to plain ``http://`` URLs
+    over :mod:`pullwake.runtime.lean_http` instead of httpx (about a quarter of httpx's CPU per
+    exchange). It is used only where it changes nothing but the cost: never with a
+    ``transport``, never for ``https://`` URLs or URLs with credentials, never when the
+    environment names an HTTP proxy (httpx would use it). The wake stream always uses httpx.
     """
 
     def __init__(
@@ -486,6 +513,7 @@ class Client:
         timeouts: Timeouts | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        lean_http: bool = True,
     ) -> None:
         bases = [urls] if isinstance(urls, str) else list(urls)
         if not bases:
@@ -509,6 +537,13 @@ class Client:
             verify=ssl_context if ssl_context is not None else True,
         )
         self._sse_timeout = httpx.Timeout(t.request, connect=t.connect, read=t.read)
+        # Invariant: per base URL (same index), its lean origin, or None where httpx serves
+        # the exchanges; all None when the lean path is off.
+        lean = lean_http and transport is None and not _proxy_in_env()
+        self._origins: list[Origin | None] = [
+            lean_origin(base) if lean else None for base in self._bases
+        ]
+        self._lean = LeanPool()
 
     @property
     def base_url(self) -> str:
@@ -521,12 +556,18 @@ class Client:
         return self.base_url
 
     @property
+    def lean_http(self) -> bool:
+        """True when exchanges with the current server URL go over the lean HTTP path."""
+        return self._origins[self._index] is not None
+
+    @property
     def closed(self) -> bool:
         return self._http.is_closed
 
     async def aclose(self) -> None:
         """Close every pooled connection (shielded and bounded)."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(5.0):
+            await self._lean.aclose()
             await self._http.aclose()
 
     async def __aenter__(self) -> Client:
@@ -563,7 +604,7 @@ class Client:
         timeout: float | None = None,
         content_type: str | None = None,
         extra_headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> _Answer:
         url = self.base_url + path
         headers = self._headers(bearer)
         if extra_headers:
@@ -574,6 +615,42 @@ class Client:
             headers["Content-Type"] = "application/json"
         if content_type is not None:
             headers["Content-Type"] = content_type
+        answer: _Answer
+        origin = self._origins[self._index]
+        if origin is not None:
+            if self._http.is_closed:
+                raise RuntimeError("Cannot send a request, as the client has been closed.")
+            t = self.timeouts
+            with map_http_errors(method, url):
+                answer = await self._lean.request(
+                    origin,
+                    method,
+                    path + "?" + urlencode(params) if params else path,
+                    list(headers.items()),
+                    content,
+                    connect_timeout=t.connect if timeout is None else min(timeout, t.connect),
+                    timeout=t.request if timeout is None else timeout,
+                )
+        else:
+            answer = await self._send_httpx(method, url, headers, content, params, timeout)
+        raise_for_answer(
+            method,
+            url,
+            answer.status_code,
+            answer.content,
+            answer.headers.get("Content-Type", ""),
+        )
+        return answer
+
+    async def _send_httpx(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> httpx.Response:
         request = self._http.build_request(
             method,
             url,
@@ -589,15 +666,7 @@ class Client:
         if content is not None:
             request.stream = _RequestBody(content)
         with map_http_errors(method, url):
-            response = await self._http.send(request)
-        raise_for_answer(
-            method,
-            url,
-            response.status_code,
-            response.content,
-            response.headers.get("Content-Type", ""),
-        )
-        return response
+            return await self._http.send(request)
 
     @staticmethod
     def _stream_path(path: str) -> str:
@@ -858,6 +927,12 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<Client {self.base_url!r}{' closed' if self.closed else ''}>"
+
+
+def _proxy_in_env() -> bool:
+    """True when the environment names a proxy httpx would send plain HTTP through."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get("http") or proxies.get("all"))
 
 
 def describe_failure(exc: BaseException) -> str:

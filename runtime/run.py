@@ -166,6 +166,7 @@ class Run:
             timeouts=settings.timeouts,
             transport=config.transport,
             ssl_context=config.ssl_context,
+            lean_http=settings.lean_http,
         )
         claim_settings = attrs.evolve(settings.claims, concurrency=config.concurrency)
         if settings.handler_timeout is not None:

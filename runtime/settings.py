@@ -134,6 +134,10 @@ class RunnerSettings:
     #: Real seconds a handler may run before it is cancelled (a failed attempt); ``None``: no
     #: bound. Overrides ``claims.handler_timeout`` when set.
     handler_timeout: float | None = attrs.field(default=None, validator=positive_or_none)
+    #: Send the request/answer exchanges (claim, ack, read, heartbeat, ...) to plain
+    #: ``http://`` servers over the lean HTTP client (:mod:`.lean_http`, a fraction of httpx's
+    #: CPU) where it is safe; ``False`` keeps httpx for everything. See docs/runner.md.
+    lean_http: bool = True
 
     def heartbeat_bound(self) -> float:
         return self.heartbeat_timeout or self.heartbeat_interval
