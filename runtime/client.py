@@ -844,7 +844,7 @@ class Client:
         """The pullwake extensions the server confirmed so far (empty for a plain server)."""
         return self._confirmed
 
-    def _confirmations(self, response: httpx.Response) -> frozenset[str]:
+    def _confirmations(self, response: _Answer) -> frozenset[str]:
         raw = response.headers.get(EXTENSIONS_HEADER)
         confirmed = frozenset(
             part.strip().lower() for part in (raw or "").split(",") if part.strip()
