@@ -191,6 +191,8 @@ async def test_the_request_carries_host_length_auth_and_content_type(anyio_backe
         "Authorization: Bearer t",
         "Content-Type: application/json",
         "Content-Length: 14",
+        # The claim offers pullwake's negotiated extensions (docs/server.md).
+        "Pullwake-Extensions: inline-messages, claim-next",
     }
 
 
