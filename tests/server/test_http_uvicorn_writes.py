@@ -1,6 +1,7 @@
 """uvicorn's protocol under the app (server/http_uvicorn.py) sends an answer's head and body
 in one socket write, and never holds a head back: a streaming answer's head leaves by the end
-of the loop tick, a HEAD answer's at once. Driven with a recording transport on asyncio
+of the loop tick, a HEAD answer's at once. A body already buffered is read without a deadline
+scope, one still on its way keeps its deadline. Driven with a recording transport on asyncio
 (uvicorn runs on asyncio only)."""
 
 from __future__ import annotations
@@ -142,5 +143,50 @@ def test_a_failing_app_after_its_start_still_sends_the_head_then_closes() -> Non
         assert len(transport.writes) == 1
         assert transport.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
         assert transport.closed
+
+    anyio.run(main, backend="asyncio")
+
+
+def enveloped_reader(seen: list[Any], done: anyio.Event) -> Any:
+    """The app's envelope (body deadline 0.3 s) around an app that reads the whole body."""
+    from pullwake.server.app import Envelope
+    from pullwake.server.limits import BODY_LATE
+    from pullwake.server.metrics import Metrics
+
+    async def reader(scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                break
+        seen.append((message["type"], body, bool(scope.get(BODY_LATE))))
+        await JSONResponse({"ok": True})(scope, receive, send)
+        done.set()
+
+    return Envelope(reader, Metrics(), body_timeout=0.3)
+
+
+def test_a_body_in_pieces_is_read_whole_and_a_stalled_one_meets_its_deadline() -> None:
+    async def main() -> None:
+        seen: list[Any] = []
+        done = anyio.Event()
+        protocol, transport = connect(enveloped_reader(seen, done))
+        head = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\n"
+        protocol.data_received(head + b"abc")
+        await anyio.sleep(0.05)
+        protocol.data_received(b"def")
+        with anyio.fail_after(5):
+            await done.wait()
+        assert seen == [("http.request", b"abcdef", False)]
+        assert transport.writes[0].endswith(b'{"ok":true}')
+
+        seen.clear()
+        done = anyio.Event()
+        protocol, transport = connect(enveloped_reader(seen, done))
+        protocol.data_received(head + b"abc")  # and nothing more
+        with anyio.fail_after(5):
+            await done.wait()
+        assert seen == [("http.disconnect", b"abc", True)]
 
     anyio.run(main, backend="asyncio")
