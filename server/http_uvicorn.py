@@ -131,14 +131,24 @@ class CoalescingTransport:
         return getattr(self.transport, name)
 
 
+#: Statuses whose answers never have a body (nothing to join the head with).
+_NO_BODY = frozenset({204, 304})
+
+
 def _coalescing_send(
-    send: Callable[[Any], Awaitable[None]], out: CoalescingTransport, flow: Any
+    send: Callable[[Any], Awaitable[None]], out: CoalescingTransport, flow: Any, is_head: bool
 ) -> Callable[[Any], Awaitable[None]]:
-    """Wrap a cycle's ``send``: a response start's head write is held for its body."""
+    """Wrap a cycle's ``send``: a response start's head write is held for its body (unless
+    the answer can have none: a HEAD request, a 204 such as an append's, a 304)."""
 
     async def coalesced(message: Any) -> None:
         kind = message["type"]
-        if kind == "http.response.start" and not flow.write_paused:
+        if (
+            kind == "http.response.start"
+            and not is_head
+            and message["status"] not in _NO_BODY
+            and not flow.write_paused
+        ):
             out.hold_next_write()
         try:
             await send(message)
@@ -262,7 +272,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle is not previous:
             # Its task has not run yet: it sends through these from its first message.
             cycle.transport = self._out  # type: ignore[assignment]
-            cycle.send = _coalescing_send(cycle.send, self._out, cycle.flow)  # type: ignore[method-assign,assignment]
+            cycle.send = _coalescing_send(  # type: ignore[method-assign,assignment]
+                cycle.send, self._out, cycle.flow, self.scope["method"] == "HEAD"
+            )
             # Whether the cycle's receive would return at once (its event is set: body bytes,
             # the body's end, or a disconnect are in): the app skips the body deadline then.
             self.scope[BODY_READY] = cycle.message_event.is_set  # type: ignore[literal-required]
