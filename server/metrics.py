@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -89,6 +90,28 @@ class Metrics:
             "Requests that ended in a 500 (each one is a bug).",
             registry=self.registry,
         )
+        # The labelled children of the per-request metrics, by label values: ``labels()``
+        # validates its arguments and takes the metric's lock on every call: the two calls of
+        # a request cost 8.0 µs that way, 3.3 µs through this cache (timeit, on the loaded
+        # 2-core machine). Bounded: route templates, methods and statuses are finite sets.
+        self._request_counters: dict[tuple[str, str, int], Any] = {}
+        self._request_timers: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, route: str, method: str, status: int) -> None:
+        """Count one answered request (``pullwake_http_requests``)."""
+        key = (route, method, status)
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self._request_counters[key] = self.requests.labels(route, method, str(status))
+        child.inc()
+
+    def time_request(self, route: str, method: str, seconds: float) -> None:
+        """Observe one non-streaming request's duration (``pullwake_http_request_duration``)."""
+        key = (route, method)
+        child = self._request_timers.get(key)
+        if child is None:
+            child = self._request_timers[key] = self.request_seconds.labels(route, method)
+        child.observe(seconds)
 
     def exposition(self) -> bytes:
         """Return the text exposition of every metric."""

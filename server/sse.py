@@ -179,6 +179,8 @@ class EventStream:
         # permission ended (a runner's lease, its wake-stream binding) gets a final control
         # event instead (None: the reader's permission cannot end, e.g. the admin's).
         self.still_allowed = still_allowed
+        # Invariant: when the keepalive task writes next; infinite outside live waits.
+        self._keepalive_due = math.inf
 
     def _control(self, up_to_date: bool) -> bytes:
         return control_event(self.offset, next_cursor(self.client_cursor), up_to_date)
@@ -187,7 +189,13 @@ class EventStream:
         """Write catch-up, then live data, keepalives, and a final control event on shutdown."""
         # ``except*``: the failure may come from inside the keepalive task group, grouped.
         try:
-            await self._run(write)
+            # One keepalive task for the stream's whole life, not one per live wait: a task
+            # group and a task per wait cost ~4 % of the server's CPU in the throughput bench
+            # (PERFORMANCE.md, "SSE loop"), paid on every wake.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._keepalives, write)
+                await self._run(write)
+                tg.cancel_scope.cancel()
         except* (NotFound, Gone):  # deleted, expired, or soft-deleted (forks still read it)
             log.info("stream %r went away under an SSE reader; ending the response", self.path)
         except* StoreUnavailable as group:
@@ -229,27 +237,38 @@ class EventStream:
                 await write(self._control(up_to_date=True))
                 return
 
-    async def _wait_live(self, write: Write, mark: int) -> bool:
-        """Wait for new data, writing keepalives; return False when the server shuts down.
+    async def _keepalives(self, write: Write) -> None:
+        """Write a keepalive each ``keepalive`` seconds of a live wait (``_keepalive_due``).
 
-        One store wait stays open across keepalive ticks, and a timer beside it writes the
-        keepalives: ending the wait at every tick would cost a store query per reader per
-        keepalive (measured in docs/performance.md: 76 % of a core at 5,000 idle readers,
-        11 % this way).
+        Outside live waits the due time is infinite and the task only looks again once per
+        ``keepalive``, so a wait that begins is never missed and costs nothing per wake.
         """
-        async with anyio.create_task_group() as tg:
+        while True:
+            due = self._keepalive_due
+            now = anyio.current_time()
+            if now >= due:
+                self._keepalive_due = due + self.keepalive
+                await write(KEEPALIVE)
+                continue
+            await anyio.sleep(min(due - now, self.keepalive))
 
-            async def keepalives() -> None:
-                while True:
-                    await anyio.sleep(self.keepalive)
-                    await write(KEEPALIVE)
+    async def _wait_live(self, write: Write, mark: int) -> bool:
+        """Wait for new data while the keepalive task writes keepalives; return False when
+        the server shuts down.
 
-            tg.start_soon(keepalives)
+        One store wait stays open across keepalive ticks, and the keepalive task beside it
+        writes the keepalives: ending the wait at every tick would cost a store query per
+        reader per keepalive (measured in docs/performance.md: 76 % of a core at 5,000 idle
+        readers, 11 % this way).
+        """
+        self._keepalive_due = anyio.current_time() + self.keepalive
+        try:
             # The mark was taken before the read that found the tail: unless the path changed
             # since, the wait trusts that read instead of looking at the tail again.
             wakeup = await self.shutdown.wait_for_change(
                 self.store, self.path, self.offset, math.inf, since=mark
             )
-            tg.cancel_scope.cancel()
+        finally:
+            self._keepalive_due = math.inf
         # With no timeout, anything but CHANGED means the server or its store is closing.
         return wakeup is Wakeup.CHANGED
