@@ -142,11 +142,31 @@ class PostgresTransaction(rules.Transaction):
         rows = self.fetchall("SELECT nextval('offset_seq') FROM generate_series(1, ?)", (count,))
         return sorted(int(row[0]) for row in rows)
 
-    def announce(self, origin: str) -> None:
-        """Queue one ``NOTIFY`` per changed path (just before commit, so each carries the
-        path's final tail); PostgreSQL delivers them if and only if the commit succeeds."""
-        for path, tail in self.changed.items():
-            self.execute("SELECT pg_notify(?, ?)", (CHANNEL, encode_note(origin, path, tail)))
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
+        # psycopg runs executemany in a pipeline of its own (enter, Sync, exit) even for one
+        # row; one row is one plain statement (an append of one message, the usual case).
+        if len(rows) == 1:
+            self.execute(sql, rows[0])
+        else:
+            super().executemany(sql, rows)
+
+    def closing(self, origin: str) -> bytes:
+        """The text that ends this transaction: one ``NOTIFY`` per changed path (sent just
+        before commit, so each carries the path's final tail; PostgreSQL delivers them if and
+        only if the commit succeeds), then ``COMMIT``, all in one simple query, one round trip.
+        A simple query takes no parameters, so each payload is quoted by libpq
+        (``PQescapeLiteral``, which follows the connection's ``standard_conforming_strings``).
+        """
+        escaping = psycopg.pq.Escaping(self._cursor.connection.pgconn)
+        notes = [
+            b"SELECT pg_notify('"
+            + CHANNEL.encode()
+            + b"', "
+            + escaping.escape_literal(encode_note(origin, path, tail).encode())
+            + b"); "
+            for path, tail in self.changed.items()
+        ]
+        return b"".join(notes) + b"COMMIT"
 
 
 def encode_note(origin: str, path: str, tail: int | None) -> str:
@@ -187,7 +207,6 @@ def check_idle(conn: psycopg.Connection[Any]) -> None:
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET search_path TO {SCHEMA}")
-    conn.commit()
 
 
 class _Listener:
@@ -294,9 +313,15 @@ class _Listener:
                 self._drop()
 
 
+#: How each transaction opens, as psycopg would open it with ``read_only`` and
+#: ``isolation_level`` (reads see one snapshot); the store sends it itself (the connections are
+#: in autocommit mode), so the clock can travel with it.
+BEGIN_WRITE = b"BEGIN READ WRITE"
+BEGIN_READ = b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
 #: The database's clock in epoch milliseconds: ``clock_timestamp()``, not ``now()``, so a
 #: transaction that waited for a row lock judges by the time it got it.
-DATABASE_NOW_MS = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+DATABASE_NOW_MS = b"SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
 @functools.lru_cache(maxsize=256)
@@ -306,21 +331,27 @@ def _now_ms_position(body: Callable[..., Any]) -> int | None:
     return names.index("now_ms") - 1 if "now_ms" in names else None
 
 
-def with_database_now(
-    tx: PostgresTransaction, body: Callable[..., Any], args: Sequence[Any]
+def begin(
+    cursor: Any, write: bool, body: Callable[..., Any], args: Sequence[Any], database_clock: bool
 ) -> Sequence[Any]:
-    """Return ``args`` with the caller's ``now_ms`` replaced by the database's clock.
+    """Open the transaction; return ``args``, with the caller's ``now_ms`` replaced by the
+    database's clock when ``database_clock`` and the rule takes one.
 
     Leases are judged by ``now_ms`` (granted until ``now_ms + ttl``, lapsed once ``now_ms``
     passed that). With several server processes on one database, each process's wall clock
     would be its own judge, and one running fast would expire leases another just granted.
-    Reading the time inside the rule's own transaction gives every replica the same clock;
-    it costs one short query per transaction that takes ``now_ms``.
+    Reading the time inside the rule's own transaction gives every replica the same clock. It
+    is read by the statement that begins the transaction (``BEGIN ...; SELECT ...``, one simple
+    query, one round trip), so it costs no round trip of its own.
     """
-    position = _now_ms_position(body)
+    opening = BEGIN_WRITE if write else BEGIN_READ
+    position = _now_ms_position(body) if database_clock else None
     if position is None or position >= len(args):
+        cursor.execute(opening, prepare=False)
         return args
-    row = tx.fetchone(DATABASE_NOW_MS, ())
+    cursor.execute(opening + b"; " + DATABASE_NOW_MS, prepare=False)
+    cursor.nextset()
+    row = cursor.fetchone()
     assert row is not None
     return [*args[:position], int(row[0]), *args[position + 1 :]]
 
@@ -337,11 +368,15 @@ class PostgresStore(TransactionalStore):
         connections: int = 8,
         timeout: float = 10.0,
         database_clock: bool = False,
+        on_connect: Callable[[psycopg.Connection[Any]], None] | None = None,
     ) -> None:
         super().__init__(connections=connections)
+        #: Called with every new pooled connection once it is set up (tests trace the
+        #: protocol with it: what a transaction sends, in how many round trips).
+        self.on_connect = on_connect
         self.dsn = dsn
         #: True: every rule that takes ``now_ms`` gets the database's clock, read in its own
-        #: transaction, instead of the caller's (see :func:`with_database_now`).
+        #: transaction, instead of the caller's (see :func:`begin`).
         self.database_clock = database_clock
         self._connections = connections
         self._timeout = timeout
@@ -363,8 +398,8 @@ class PostgresStore(TransactionalStore):
                 max_size=self._connections,
                 open=False,
                 timeout=self._timeout,
-                kwargs=dict(CONNECT_KWARGS),
-                configure=_configure,
+                kwargs={**CONNECT_KWARGS, "autocommit": True},
+                configure=self._configure,
                 check=check_idle,
                 name="pullwake",
             )
@@ -372,6 +407,11 @@ class PostgresStore(TransactionalStore):
             pool.open(wait=True, timeout=self._timeout)
             with pool.connection() as conn:
                 self._migrate(conn)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        _configure(conn)
+        if self.on_connect is not None:
+            self.on_connect(conn)
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
         with conn.transaction():
@@ -427,23 +467,21 @@ class PostgresStore(TransactionalStore):
         args: Sequence[Any],
         write: bool,
     ) -> Outcome:
-        with pool.connection() as conn:
-            conn.read_only = not write
-            conn.isolation_level = None if write else psycopg.IsolationLevel.REPEATABLE_READ
+        # The connections are in autocommit mode: psycopg sends no BEGIN of its own (a round
+        # trip by itself); the transaction opens with the clock and closes with its NOTIFYs.
+        # An exception leaving ``pool.connection()`` rolls back whatever is still open
+        # (psycopg's connection context), so a failed COMMIT never leaves a transaction behind.
+        with pool.connection() as conn, conn.cursor() as cursor:
+            args = begin(cursor, write, body, args, self.database_clock)
+            tx = PostgresTransaction(cursor)
+
+            def commit() -> None:
+                cursor.execute(tx.closing(self._origin), prepare=False)
 
             def rollback() -> None:
                 try:
-                    conn.rollback()
+                    cursor.execute(b"ROLLBACK", prepare=False)
                 except psycopg.Error:
-                    pass
+                    pass  # the connection context tries again, or the pool drops it
 
-            with conn.cursor() as cursor:
-                tx = PostgresTransaction(cursor)
-                if self.database_clock:
-                    args = with_database_now(tx, body, args)
-
-                def commit() -> None:
-                    tx.announce(self._origin)
-                    conn.commit()
-
-                return run_body(tx, body, args, commit=commit, rollback=rollback)
+            return run_body(tx, body, args, commit=commit, rollback=rollback)
