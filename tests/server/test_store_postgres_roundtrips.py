@@ -7,6 +7,7 @@ the client sending, then reading the server's answer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -17,7 +18,7 @@ import pytest
 
 from pullwake.server.errors import NotFound
 from pullwake.server.store.base import AckItem, SubscriptionConfig
-from pullwake.server.store.postgres import PostgresStore
+from pullwake.server.store.postgres import PostgresStore, check_idle
 from tests.server.stores import T0, wait_until_parked
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
@@ -172,3 +173,15 @@ async def test_a_notify_payload_with_quotes_and_accents_reaches_another_store(
                 result = await writer.append(path, [b"1"], T0)
         assert woken == [True]
         assert (await reader.stream(path)).tail_offset == result.next_offset
+
+
+def test_an_idle_connection_the_server_closed_is_refused_at_checkout(postgres_dsn: str) -> None:
+    """The pool's check costs no round trip: it looks at the socket, once, without waiting."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as idle:
+        check_idle(idle)  # healthy and idle: nothing to read, accepted
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (idle.info.backend_pid,))
+        time.sleep(0.2)  # the FATAL message reaches the idle socket (a sync test: no loop)
+        with pytest.raises(psycopg.OperationalError):
+            check_idle(idle)
+        assert idle.closed
