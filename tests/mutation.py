@@ -51,11 +51,12 @@ TESTS_FOR = {
     "runtime/heartbeat.py": [
         "tests/runtime/test_promises_runner.py",
         "tests/runtime/test_runner.py",
-        "-k",
+        "tests/runtime/test_runner_faults.py",
+        "tests/runtime/test_chart_decides.py",
         # Not the registry-less test: it advances its manual clock with real sleeps and is
         # flaky under mutmut's slower trampolines (see docs/testing.md).
-        "(heartbeat or probe or reset or lost or reconnect or stop_says_so or registers_again"
-        " or saved_offset) and not without_a_registry",
+        "-k",
+        "not without_a_registry",
     ],
     # The pure wake/lease decision table: its own database-free tests pin every phase x event.
     # Not the import check: it reads the module's source, to which mutmut adds an import.
