@@ -49,14 +49,13 @@ TESTS_FOR = {
     ],
     "runtime/claims.py": ["tests/runtime/test_claims.py", "tests/runtime/test_promises_claims.py"],
     "runtime/heartbeat.py": [
+        # The heartbeat against a fake host (fast), and its effect on the real runner's chart.
+        # Not the real-server test of that file (slow), nor test_runner.py: its runner tests
+        # run the heartbeat in every test, so every mutant would run them all (about 50 min).
+        "tests/runtime/test_promises_heartbeat.py",
         "tests/runtime/test_promises_runner.py",
-        "tests/runtime/test_runner.py",
-        "tests/runtime/test_runner_faults.py",
-        "tests/runtime/test_chart_decides.py",
-        # Not the registry-less test: it advances its manual clock with real sleeps and is
-        # flaky under mutmut's slower trampolines (see docs/testing.md).
-        "-k",
-        "not without_a_registry",
+        "-m",
+        "not e2e",
     ],
     # The pure wake/lease decision table: its own database-free tests pin every phase x event.
     # Not the import check: it reads the module's source, to which mutmut adds an import.
