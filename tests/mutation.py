@@ -43,6 +43,7 @@ TESTS_FOR = {
     "runtime/actor.py": [
         "tests/runtime/test_actor.py",
         "tests/runtime/test_promises_actor.py",
+        "tests/runtime/test_promises_actor_entry.py",
         # The biased walk repeats what the every-pair walk checks, ten times slower.
         "-k",
         "not biased",

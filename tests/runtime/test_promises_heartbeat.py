@@ -145,11 +145,12 @@ def make(
     probe_interval: float | None = None,
     rng: random.Random | None = None,
     timeout: float = 2.0,
+    interval: float = INTERVAL,
 ) -> Heartbeat:
     return Heartbeat(
         host,
         clock=clock,
-        interval=INTERVAL,
+        interval=interval,
         timeout=timeout,
         lease_ms=30_000,
         failures_before_reset=failures_before_reset,
@@ -255,6 +256,22 @@ async def test_two_consecutive_failures_reset_the_stream_and_a_success_clears_th
     ]
     assert diagnostics.last_error == "heartbeat: 503 server failure"
     assert diagnostics.last_heartbeat_at is not None
+
+
+async def test_a_short_interval_is_waited_in_full(anyio_backend: str) -> None:
+    host = FakeHost()
+    clock = ManualClock()
+    heartbeat = make(host, clock, interval=0.5)
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat.run, as_context(FakeContext()))
+            for beats in (1, 2, 3):
+                await clock.wait_sleepers(1)
+                await anyio.wait_all_tasks_blocked()
+                assert len(host.fake.calls) == beats
+                assert clock.next_deadline() == clock.now() + 0.5
+                clock.advance(0.5)
+            tg.cancel_scope.cancel()
 
 
 async def test_failures_before_reset_is_the_number_of_failures_in_a_row(
