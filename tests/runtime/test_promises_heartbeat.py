@@ -295,8 +295,12 @@ async def test_failures_before_reset_is_the_number_of_failures_in_a_row(
     assert resets == [0, 0, 1]
 
 
-async def test_a_refusal_ends_the_loop_and_the_probe_with_rejected(anyio_backend: str) -> None:
+async def test_a_refusal_ends_the_loop_and_the_probe_with_rejected(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pullwake.heartbeat")
     for activity in ("run", "probe"):
+        caplog.clear()
         host = FakeHost()
         clock = ManualClock()
         heartbeat = make(host, clock, probe_interval=1.0)
@@ -311,6 +315,9 @@ async def test_a_refusal_ends_the_loop_and_the_probe_with_rejected(anyio_backend
                 clock.advance(1.0)  # the probe's first pause
         assert outcomes == [Outcome("rejected", refusal)], activity
         assert ctx.sent == []
+        assert host.diagnostics.last_error == "heartbeat: 401 refused"
+        # A refusal is news, in the loop and in the probe alike.
+        assert [r.levelno for r in caplog.records] == [logging.WARNING], activity
         assert host.diagnostics.heartbeat_failures == 1
         assert host.diagnostics.last_heartbeat_ok is False
 
@@ -483,3 +490,67 @@ async def test_one_exchange_at_a_time_and_each_bounded_by_the_timeout(
             tg.cancel_scope.cancel()
     assert looping.consecutive_failures == 1
     assert host.diagnostics.last_error == "heartbeat: TimeoutError: no answer within 0.05 s"
+
+
+async def test_a_nudge_before_the_first_pause_is_spent_by_the_first_beat(
+    anyio_backend: str,
+) -> None:
+    """The read activity may nudge before the loop ever paused (a connect faster than the
+    first beat): nothing breaks, and the first beat answers it."""
+    host = FakeHost()
+    clock = ManualClock()
+    heartbeat = make(host, clock)
+    heartbeat.nudge()
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat.run, as_context(FakeContext()))
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            assert len(host.fake.calls) == 1
+            assert clock.next_deadline() == clock.now() + INTERVAL
+            tg.cancel_scope.cancel()
+    assert host.diagnostics.last_heartbeat_ok is True
+    assert host.diagnostics.last_heartbeat_at is not None
+
+
+async def test_the_heartbeats_log_lines_say_what_failed_and_name_the_runner(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON logs carry ``runner_id`` on every line about a runner (docs/runner.md, Logs)."""
+    caplog.set_level(logging.DEBUG, logger="pullwake.heartbeat")
+    host = FakeHost()
+    clock = ManualClock()
+    heartbeat = make(host, clock)
+    # The loop: a 404 (registered again, then a 503), then a refusal.
+    host.fake.answers = [failure(404), failure(503), failure(401)]
+    with anyio.fail_after(BOUND):
+        outcomes: list[Outcome | None] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(into, outcomes, heartbeat.run, as_context(FakeContext()))
+            await clock.wait_sleepers(1)
+            clock.advance(INTERVAL)
+        assert host.diagnostics.last_error == "heartbeat: 401 refused"
+        host.fake.answers = [failure(400)]
+        assert await heartbeat.final() is False
+    lines = [(r.levelno, r.getMessage(), getattr(r, "runner_id", None)) for r in caplog.records]
+    assert lines == [
+        (logging.WARNING, "server forgot runner 'r1'; registering again", "r1"),
+        (logging.WARNING, "heartbeat failed (1 in a row): 503 server failure", "r1"),
+        (logging.WARNING, "heartbeat failed (2 in a row): 401 refused", "r1"),
+        (logging.WARNING, "final heartbeat failed: 400 refused", "r1"),
+    ]
+
+
+async def test_a_probe_failure_is_recorded_with_its_cause(anyio_backend: str) -> None:
+    host = FakeHost()
+    clock = ManualClock()
+    heartbeat = make(host, clock, probe_interval=1.0, rng=FixedRandom(0.0))
+    host.fake.answers = [failure(502)]
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat.probe, as_context(FakeContext()))
+            await clock.wait_sleepers(1)
+            clock.advance(1.0)
+            await clock.wait_sleepers(1)
+            assert host.diagnostics.last_error == "heartbeat: 502 server failure"
+            tg.cancel_scope.cancel()
