@@ -293,3 +293,40 @@ async def test_a_done_ack_that_fails_until_the_lease_ends_says_so(anyio_backend:
     assert snapshot(pipeline.stats) == ClaimStatistics(
         wakes_submitted=1, claims_failed=1, releases=1, last_claim_result="failed: done ack failed"
     )
+
+
+async def test_a_claim_that_fails_after_the_stop_began_is_not_retried(anyio_backend: str) -> None:
+    # close() cancels the waits it finds; a claim request in flight is let finish. When that
+    # request then fails transiently, its retry wait starts after close() began: it must be
+    # cancelled at its start (no second claim, and the stop does not sit out the 30 s grace).
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    gate = fake.gate("claim")
+    fake.fail("claim", 503)
+    clock = ManualClock()
+
+    async def handler(claim: Claim) -> None:
+        raise AssertionError("no claim is granted")
+
+    ticket = Ticket()
+    stuck: list[tuple[str, ...]] = []
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"), ticket)
+        await anyio.wait_all_tasks_blocked()
+        assert fake.count("claim") == 1  # in flight, held by the server
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def close() -> None:
+                    stuck.append(await pipeline.close(grace=30, bound=1))
+
+                tg.start_soon(close)
+                await anyio.wait_all_tasks_blocked()
+                gate.set()  # the claim answers 503 now that the stop has begun
+    assert stuck == [()]
+    assert fake.count("claim") == 1
+    assert not ticket.settled
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=1, claim_retries=1, last_claim_result="retrying: 503"
+    )
