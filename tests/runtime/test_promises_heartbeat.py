@@ -554,3 +554,26 @@ async def test_a_probe_failure_is_recorded_with_its_cause(anyio_backend: str) ->
             await clock.wait_sleepers(1)
             assert host.diagnostics.last_error == "heartbeat: 502 server failure"
             tg.cancel_scope.cancel()
+
+
+async def test_a_final_beat_that_stays_transient_logs_the_last_failure(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pullwake.heartbeat")
+    host = FakeHost()
+    clock = ManualClock()
+    heartbeat = make(host, clock)
+    host.fake.answers = [failure(503), failure(502), failure(504)]
+    results: list[bool] = []
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(into, results, heartbeat.final)
+            while results == []:
+                await anyio.wait_all_tasks_blocked()
+                deadline = clock.next_deadline()
+                if deadline is not None:
+                    clock.advance(deadline - clock.now())
+    assert results == [False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "final heartbeat failed: 504 server failure"
+    ]
