@@ -106,3 +106,54 @@ async def test_an_activitys_event_carries_its_failure_and_an_external_one_says_s
     assert lost.kind == "transition"
     assert lost.origin == "connect"
     assert lost.error is failure
+
+
+async def test_a_waiter_is_told_when_the_actor_closes_under_it(anyio_backend: str) -> None:
+    async def glow(ctx: ActivityContext) -> None:
+        await anyio.sleep_forever()
+
+    told: list[BaseException] = []
+
+    async def wait_for_off(actor: Actor) -> None:
+        try:
+            await actor.wait_state("off")
+        except ActorError as exc:
+            told.append(exc)
+
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg, Actor(LAMP, {"glow": glow}) as actor:
+            tg.start_soon(wait_for_off, actor)
+            await anyio.wait_all_tasks_blocked()
+    assert len(told) == 1
+    assert "closed before reaching 'off'" in str(told[0])
+
+
+async def test_every_late_event_is_dropped_and_counted_and_an_ignored_one_is_named(
+    anyio_backend: str,
+) -> None:
+    contexts: list[ActivityContext] = []
+
+    async def glow(ctx: ActivityContext) -> None:
+        contexts.append(ctx)
+        await anyio.sleep_forever()
+
+    records: list[TransitionRecord] = []
+    with anyio.fail_after(BOUND):
+        async with Actor(LAMP, {"glow": glow}, inspect=records.append) as actor:
+            await anyio.wait_all_tasks_blocked()
+            await actor.send("flip")  # glow is cancelled: its context is stale now
+            (stale,) = contexts
+            stale.send("flip")
+            stale.send("flip")
+            await anyio.wait_all_tasks_blocked()
+            assert actor.state == "off"
+            assert actor.statistics().dropped == 2
+    dropped = [r for r in records if r.kind == "dropped"]
+    assert [(r.event, r.origin) for r in dropped] == [("flip", "glow"), ("flip", "glow")]
+    # An event the chart ignores is recorded under its own name.
+    records.clear()
+    activities = parked()
+    with anyio.fail_after(BOUND):
+        async with Actor(LIFECYCLE, activities, inspect=records.append) as actor:  # type: ignore[arg-type]
+            record = await actor.send("stop")
+    assert (record.kind, record.event, record.origin) == ("ignored", "stop", "external")
