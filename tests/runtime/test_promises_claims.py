@@ -327,6 +327,40 @@ async def test_a_claim_that_fails_after_the_stop_began_is_not_retried(anyio_back
     assert stuck == [()]
     assert fake.count("claim") == 1
     assert not ticket.settled
+    assert pipeline.submit(Wake("s")) is False  # closed: no more wakes taken
     assert snapshot(pipeline.stats) == ClaimStatistics(
         wakes_submitted=1, claim_retries=1, last_claim_result="retrying: 503"
     )
+
+
+async def test_a_stop_gives_every_busy_subscription_its_grace_not_only_the_first_to_end(
+    anyio_backend: str,
+) -> None:
+    # Two lanes run handlers; the first ends during the grace period. The pipeline is idle only
+    # when *both* lanes are: the second handler must get the rest of the grace, not a cancel.
+    fake = FakeServer()
+    for sub in ("s1", "s2"):
+        fake.subscribe(sub, [f"{sub}/a"], "wake/r")
+        fake.append(f"{sub}/a", 1)
+    handler = Gated()
+    stuck: list[tuple[str, ...]] = []
+    async with running_pipeline(fake, handler) as pipeline:
+        pipeline.submit(Wake("s1"))
+        pipeline.submit(Wake("s2"))
+        await handler.wait_claims(2)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def close() -> None:
+                    stuck.append(await pipeline.close(grace=30, bound=1))
+
+                tg.start_soon(close)
+                await anyio.wait_all_tasks_blocked()
+                handler.gates[0].set()  # the first handler ends
+                await anyio.wait_all_tasks_blocked()
+                assert handler.running == 1  # the second still runs: its grace goes on
+                handler.gates[1].set()
+    assert stuck == [()]
+    assert handler.messages == [1, 1]
+    assert fake.count("release") == 0
+    assert pipeline.stats.claims_succeeded == 2
