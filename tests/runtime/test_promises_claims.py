@@ -364,3 +364,23 @@ async def test_a_stop_gives_every_busy_subscription_its_grace_not_only_the_first
     assert handler.messages == [1, 1]
     assert fake.count("release") == 0
     assert pipeline.stats.claims_succeeded == 2
+
+
+async def test_a_stop_or_a_look_right_after_a_submit_finds_a_lane_that_has_not_started(
+    anyio_backend: str,
+) -> None:
+    # submit() queues the wake and starts the lane's worker, which has not run yet: the lane
+    # holds no claim and waits on nothing, and close() and active_claims() must see it so.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    ticket = Ticket()
+    async with running_pipeline(fake, handler) as pipeline:
+        assert pipeline.submit(Wake("s"), ticket) is True
+        assert pipeline.active_claims() == ()
+        with anyio.fail_after(5):
+            assert await pipeline.close(grace=1, bound=1) == ()
+    assert handler.claims == []
+    assert fake.count("claim") == 0
+    assert not ticket.settled
