@@ -12,7 +12,8 @@ import attrs
 import httpx
 import pytest
 
-from pullwake.runtime.claims import ClaimStatistics
+from pullwake.runtime.claims import ClaimPipeline, ClaimStatistics
+from pullwake.runtime.client import Client
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.offsets import Ticket
 from pullwake.runtime.work import Claim, Wake
@@ -384,3 +385,30 @@ async def test_a_stop_or_a_look_right_after_a_submit_finds_a_lane_that_has_not_s
     assert handler.claims == []
     assert fake.count("claim") == 0
     assert not ticket.settled
+
+
+async def test_a_pipeline_cancelled_from_outside_still_releases_its_claims(
+    anyio_backend: str,
+) -> None:
+    # No close(): the task hosting the pipeline is cancelled (its caller was). The running
+    # claim is still released, so the work goes back at once instead of when the lease
+    # expires. (The release's shield is not what this checks: the in-memory fake answers
+    # without a checkpoint, so even an unshielded release would reach it.)
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    pipeline = ClaimPipeline(
+        Client("http://fake", transport=fake.transport()),
+        handler,
+        worker="r1",
+        clock=ManualClock(),
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pipeline.run)
+            pipeline.submit(Wake("s"))
+            await handler.wait_claims(1)
+            tg.cancel_scope.cancel()
+    assert fake.count("release") == 1
+    assert fake.subscriptions["s"].holder is None
