@@ -412,3 +412,36 @@ async def test_a_pipeline_cancelled_from_outside_still_releases_its_claims(
             tg.cancel_scope.cancel()
     assert fake.count("release") == 1
     assert fake.subscriptions["s"].holder is None
+
+
+async def test_a_lease_extension_that_fails_after_one_succeeded_is_retried(
+    anyio_backend: str,
+) -> None:
+    # succeed, fail, succeed: the failure count starts afresh after a success, so the failed
+    # extension is retried after the claim backoff and the lease holds.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=30_000)
+    fake.append("a", 1)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        waits = []
+        for attempt in range(1, 4):
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            waits.append(deadline - clock.now())
+            if attempt == 2:
+                fake.fail("ack", httpx.ConnectError("down"))
+            clock.advance(deadline - clock.now())
+            await wait_until(lambda n=attempt: fake.count("ack") == n)
+        handler.gates[0].set()
+        await pipeline.wait_idle()
+    assert waits[0] == pytest.approx(10.0)
+    assert waits[1] == pytest.approx(10.0)
+    assert 0.5 <= waits[2] <= 1.0  # the first retry after a failure
+    assert pipeline.stats.leases_lost == 0
+    assert pipeline.stats.claims_succeeded == 1
