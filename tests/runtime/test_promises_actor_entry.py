@@ -153,7 +153,21 @@ async def test_every_late_event_is_dropped_and_counted_and_an_ignored_one_is_nam
     # An event the chart ignores is recorded under its own name.
     records.clear()
     activities = parked()
+    boom = RuntimeError("boom")
     with anyio.fail_after(BOUND):
         async with Actor(LIFECYCLE, activities, inspect=records.append) as actor:  # type: ignore[arg-type]
             record = await actor.send("stop")
+            actor.send_nowait("rejected", error=boom)
+            await anyio.wait_all_tasks_blocked()
     assert (record.kind, record.event, record.origin) == ("ignored", "stop", "external")
+    (rejected,) = [r for r in records if r.event == "rejected"]
+    assert (rejected.kind, rejected.error) == ("ignored", boom)
+
+
+async def test_an_actor_that_was_not_entered_refuses_events(anyio_backend: str) -> None:
+    async def glow(ctx: ActivityContext) -> None:
+        await anyio.sleep_forever()
+
+    actor = Actor(LAMP, {"glow": glow})
+    with pytest.raises(ActorError, match="not running"):
+        actor.send_nowait("flip")
