@@ -11,6 +11,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from statemachine import State, StateChart
 
 from pullwake.machines import Activity, ChartSpec
+from pullwake.machines.diagram import ignored_table
 from pullwake.machines.testing import chart_state_machine
 
 
@@ -45,3 +46,15 @@ def test_the_random_walk_keeps_the_open_activities_those_of_the_configuration() 
     run_state_machine_as_test(
         LampMachine, settings=settings(max_examples=5, stateful_step_count=6, deadline=None)
     )
+
+
+def test_the_ignore_table_of_a_chart_that_omits_a_state_is_drawn() -> None:
+    # A state with nothing to ignore may be left out of the ignore table; the diagram's table
+    # then lists only the states that ignore something.
+    spec = ChartSpec(
+        Lamp,
+        activities={"on": (Activity("glow"),)},
+        ignored={"off": frozenset()},
+        name="lamp",
+    )
+    assert ignored_table(spec) == "| state | ignores (and so do its children) |\n| --- | --- |\n"
