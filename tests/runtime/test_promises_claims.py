@@ -445,3 +445,29 @@ async def test_a_lease_extension_that_fails_after_one_succeeded_is_retried(
     assert 0.5 <= waits[2] <= 1.0  # the first retry after a failure
     assert pipeline.stats.leases_lost == 0
     assert pipeline.stats.claims_succeeded == 1
+
+
+async def test_wakes_still_queued_at_a_stop_are_no_longer_counted_as_queued(
+    anyio_backend: str,
+) -> None:
+    # A wake queued behind a busy handler is dropped from the queue by close() (a restart
+    # replays it): the queued count goes back to zero, not up.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    queued = Ticket()
+    async with running_pipeline(fake, handler) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        pipeline.submit(Wake("s"), queued)
+        assert pipeline.stats.wakes_queued == 1
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: pipeline.close(grace=30, bound=1))
+                await anyio.wait_all_tasks_blocked()
+                assert pipeline.stats.wakes_queued == 0
+                handler.gates[0].set()
+    assert pipeline.stats.wakes_queued == 0
+    assert not queued.settled
+    assert len(handler.claims) == 1
