@@ -12,7 +12,8 @@ import attrs
 import httpx
 import pytest
 
-from pullwake.runtime.claims import ClaimStatistics
+from pullwake.runtime.claims import ClaimPipeline, ClaimStatistics
+from pullwake.runtime.client import Client
 from pullwake.runtime.clock import ManualClock
 from pullwake.runtime.offsets import Ticket
 from pullwake.runtime.work import Claim, Wake
@@ -293,3 +294,180 @@ async def test_a_done_ack_that_fails_until_the_lease_ends_says_so(anyio_backend:
     assert snapshot(pipeline.stats) == ClaimStatistics(
         wakes_submitted=1, claims_failed=1, releases=1, last_claim_result="failed: done ack failed"
     )
+
+
+async def test_a_claim_that_fails_after_the_stop_began_is_not_retried(anyio_backend: str) -> None:
+    # close() cancels the waits it finds; a claim request in flight is let finish. When that
+    # request then fails transiently, its retry wait starts after close() began: it must be
+    # cancelled at its start (no second claim, and the stop does not sit out the 30 s grace).
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    gate = fake.gate("claim")
+    fake.fail("claim", 503)
+    clock = ManualClock()
+
+    async def handler(claim: Claim) -> None:
+        raise AssertionError("no claim is granted")
+
+    ticket = Ticket()
+    stuck: list[tuple[str, ...]] = []
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"), ticket)
+        await anyio.wait_all_tasks_blocked()
+        assert fake.count("claim") == 1  # in flight, held by the server
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def close() -> None:
+                    stuck.append(await pipeline.close(grace=30, bound=1))
+
+                tg.start_soon(close)
+                await anyio.wait_all_tasks_blocked()
+                gate.set()  # the claim answers 503 now that the stop has begun
+    assert stuck == [()]
+    assert fake.count("claim") == 1
+    assert not ticket.settled
+    assert pipeline.submit(Wake("s")) is False  # closed: no more wakes taken
+    assert snapshot(pipeline.stats) == ClaimStatistics(
+        wakes_submitted=1, claim_retries=1, last_claim_result="retrying: 503"
+    )
+
+
+async def test_a_stop_gives_every_busy_subscription_its_grace_not_only_the_first_to_end(
+    anyio_backend: str,
+) -> None:
+    # Two lanes run handlers; the first ends during the grace period. The pipeline is idle only
+    # when *both* lanes are: the second handler must get the rest of the grace, not a cancel.
+    fake = FakeServer()
+    for sub in ("s1", "s2"):
+        fake.subscribe(sub, [f"{sub}/a"], "wake/r")
+        fake.append(f"{sub}/a", 1)
+    handler = Gated()
+    stuck: list[tuple[str, ...]] = []
+    async with running_pipeline(fake, handler) as pipeline:
+        pipeline.submit(Wake("s1"))
+        pipeline.submit(Wake("s2"))
+        await handler.wait_claims(2)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def close() -> None:
+                    stuck.append(await pipeline.close(grace=30, bound=1))
+
+                tg.start_soon(close)
+                await anyio.wait_all_tasks_blocked()
+                handler.gates[0].set()  # the first handler ends
+                await anyio.wait_all_tasks_blocked()
+                assert handler.running == 1  # the second still runs: its grace goes on
+                handler.gates[1].set()
+    assert stuck == [()]
+    assert handler.messages == [1, 1]
+    assert fake.count("release") == 0
+    assert pipeline.stats.claims_succeeded == 2
+
+
+async def test_a_stop_or_a_look_right_after_a_submit_finds_a_lane_that_has_not_started(
+    anyio_backend: str,
+) -> None:
+    # submit() queues the wake and starts the lane's worker, which has not run yet: the lane
+    # holds no claim and waits on nothing, and close() and active_claims() must see it so.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    ticket = Ticket()
+    async with running_pipeline(fake, handler) as pipeline:
+        assert pipeline.submit(Wake("s"), ticket) is True
+        assert pipeline.active_claims() == ()
+        with anyio.fail_after(5):
+            assert await pipeline.close(grace=1, bound=1) == ()
+    assert handler.claims == []
+    assert fake.count("claim") == 0
+    assert not ticket.settled
+
+
+async def test_a_pipeline_cancelled_from_outside_still_releases_its_claims(
+    anyio_backend: str,
+) -> None:
+    # No close(): the task hosting the pipeline is cancelled (its caller was). The running
+    # claim is still released, so the work goes back at once instead of when the lease
+    # expires. (The release's shield is not what this checks: the in-memory fake answers
+    # without a checkpoint, so even an unshielded release would reach it.)
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    pipeline = ClaimPipeline(
+        Client("http://fake", transport=fake.transport()),
+        handler,
+        worker="r1",
+        clock=ManualClock(),
+    )
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pipeline.run)
+            pipeline.submit(Wake("s"))
+            await handler.wait_claims(1)
+            tg.cancel_scope.cancel()
+    assert fake.count("release") == 1
+    assert fake.subscriptions["s"].holder is None
+
+
+async def test_a_lease_extension_that_fails_after_one_succeeded_is_retried(
+    anyio_backend: str,
+) -> None:
+    # succeed, fail, succeed: the failure count starts afresh after a success, so the failed
+    # extension is retried after the claim backoff and the lease holds.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r", lease_ttl_ms=30_000)
+    fake.append("a", 1)
+    clock = ManualClock()
+    handler = Gated()
+    async with running_pipeline(fake, handler, clock=clock) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        waits = []
+        for attempt in range(1, 4):
+            await clock.wait_sleepers(1)
+            await anyio.wait_all_tasks_blocked()
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            waits.append(deadline - clock.now())
+            if attempt == 2:
+                fake.fail("ack", httpx.ConnectError("down"))
+            clock.advance(deadline - clock.now())
+            await wait_until(lambda n=attempt: fake.count("ack") == n)
+        handler.gates[0].set()
+        await pipeline.wait_idle()
+    assert waits[0] == pytest.approx(10.0)
+    assert waits[1] == pytest.approx(10.0)
+    assert 0.5 <= waits[2] <= 1.0  # the first retry after a failure
+    assert pipeline.stats.leases_lost == 0
+    assert pipeline.stats.claims_succeeded == 1
+
+
+async def test_wakes_still_queued_at_a_stop_are_no_longer_counted_as_queued(
+    anyio_backend: str,
+) -> None:
+    # A wake queued behind a busy handler is dropped from the queue by close() (a restart
+    # replays it): the queued count goes back to zero, not up.
+    fake = FakeServer()
+    fake.subscribe("s", ["a"], "wake/r")
+    fake.append("a", 1)
+    handler = Gated()
+    queued = Ticket()
+    async with running_pipeline(fake, handler) as pipeline:
+        pipeline.submit(Wake("s"))
+        await handler.wait_claims(1)
+        pipeline.submit(Wake("s"), queued)
+        assert pipeline.stats.wakes_queued == 1
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: pipeline.close(grace=30, bound=1))
+                await anyio.wait_all_tasks_blocked()
+                assert pipeline.stats.wakes_queued == 0
+                handler.gates[0].set()
+    assert pipeline.stats.wakes_queued == 0
+    assert not queued.settled
+    assert len(handler.claims) == 1
