@@ -155,6 +155,21 @@ class PostgresTransaction(rules.Transaction):
         rows = self.fetchall("SELECT nextval('offset_seq') FROM generate_series(1, ?)", (count,))
         return sorted(int(row[0]) for row in rows)
 
+    def insert_messages(self, stream_id: int, items: Sequence[bytes]) -> int:
+        if len(items) != 1:
+            return super().insert_messages(stream_id, items)
+        # One message (the usual append, and every wake event) in one statement, one round
+        # trip instead of three: the position drawn, the row inserted, the tail moved.
+        row = self.fetchone(
+            "WITH added AS (INSERT INTO messages (seq, stream_id, data) "
+            "VALUES (nextval('offset_seq'), ?, ?) RETURNING seq) "
+            "UPDATE streams SET tail_seq = (SELECT seq FROM added) WHERE id = ? "
+            "RETURNING tail_seq",
+            (stream_id, bytes(items[0]), stream_id),
+        )
+        assert row is not None
+        return int(row[0])
+
     def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> None:
         # psycopg runs executemany in a pipeline of its own (enter, Sync, exit) even for one
         # row; one row is one plain statement (an append of one message, the usual case).

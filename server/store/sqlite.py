@@ -5,7 +5,8 @@ writer thread through a FIFO queue. The thread takes what is queued (at most
 :data:`MAX_GROUP` jobs), runs them in one ``BEGIN IMMEDIATE`` transaction, each job inside its
 own ``SAVEPOINT`` (a job that fails rolls back only its savepoint and gets its own error; one
 that raises ``rules.CommitThenRaise`` keeps its changes and its error is raised after the
-commit), ends the group with one ``COMMIT`` and only then completes every job: nothing is
+commit; a job alone in its group needs no savepoint, the whole transaction being its own),
+ends the group with one ``COMMIT`` and only then completes every job: nothing is
 answered before it is durable, and a failed ``COMMIT`` fails every job of the group with
 ``StoreUnavailable``. ``BEGIN IMMEDIATE`` takes the database's single write lock up front, so
 a rule's read-then-write never interleaves with another process's writer (the rules' row-lock
@@ -332,9 +333,14 @@ class SqliteStore(TransactionalStore):
         conn.execute("COMMIT")
 
     def _write_group(self, conn: sqlite3.Connection, jobs: list[Job]) -> None:
-        """Writer thread: run ``jobs`` in one transaction, one savepoint each, one COMMIT."""
+        """Writer thread: run ``jobs`` in one transaction, one savepoint each (none for a job
+        alone), one COMMIT."""
         # Jobs whose savepoint was released, with what they will answer once committed.
         done: list[tuple[Job, Outcome]] = []
+        # A job alone in its group needs no savepoint: if it fails, rolling back the whole
+        # transaction undoes exactly its work. That is two statements fewer per write when
+        # writes come one at a time (6 of the 40 statements of an unloaded wake cycle).
+        alone = len(jobs) == 1
         for index, job in enumerate(jobs):
             if not conn.in_transaction:
                 try:
@@ -349,18 +355,23 @@ class SqliteStore(TransactionalStore):
             tx = SqliteTransaction(conn.cursor())
             try:
                 with map_store_errors():
-                    conn.execute("SAVEPOINT job")
+                    if not alone:
+                        conn.execute("SAVEPOINT job")
                     try:
                         value = job.body(tx, *job.args)
                     except rules.CommitThenRaise as deferred:
-                        conn.execute("RELEASE job")
+                        if not alone:
+                            conn.execute("RELEASE job")
                         done.append((job, Outcome(None, dict(tx.changed), deferred.error)))
                         continue
-                    conn.execute("RELEASE job")
+                    if not alone:
+                        conn.execute("RELEASE job")
                 done.append((job, Outcome(value, dict(tx.changed))))
             except BaseException as exc:
                 job.error = exc
-                if conn.in_transaction:
+                if alone:
+                    _quiet(conn, "ROLLBACK")
+                elif conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")

@@ -171,15 +171,6 @@ def insert_stream(
 
 def append_rows(tx: Transaction, stream_id: int, path: str, items: Sequence[bytes]) -> int:
     """Insert ``items`` into a locked stream and move its tail; return the new tail."""
-    positions = sorted(tx.next_positions(len(items)))
-    tx.executemany(
-        "INSERT INTO messages (seq, stream_id, data) VALUES (?, ?, ?)",
-        [
-            (position, stream_id, bytes(data))
-            for position, data in zip(positions, items, strict=True)
-        ],
-    )
-    tail = positions[-1]
-    tx.execute("UPDATE streams SET tail_seq = ? WHERE id = ?", (tail, stream_id))
+    tail = tx.insert_messages(stream_id, items)
     tx.notify(path, tail)
     return tail

@@ -43,6 +43,10 @@ class Transaction:
         # create): waiters then re-read the stream instead of trusting an announced tail.
         self.changed: dict[str, int | None] = {}
 
+    def row_lock_of(self, table: str) -> str:
+        """:attr:`row_lock` limited to the rows of ``table`` (an alias) in a join."""
+        return f"{self.row_lock} OF {table}" if self.row_lock else ""
+
     def sql(self, text: str) -> str:
         """Rewrite a statement from ``?`` placeholders into the driver's style."""
         return text
@@ -69,6 +73,21 @@ class Transaction:
     def next_positions(self, count: int) -> list[int]:
         """Draw ``count`` increasing positions from the store-wide counter."""
         raise NotImplementedError
+
+    def insert_messages(self, stream_id: int, items: Sequence[bytes]) -> int:
+        """Insert ``items`` at fresh positions of a locked stream and move its tail there;
+        return the new tail. A dialect may do it in fewer statements."""
+        positions = sorted(self.next_positions(len(items)))
+        self.executemany(
+            "INSERT INTO messages (seq, stream_id, data) VALUES (?, ?, ?)",
+            [
+                (position, stream_id, bytes(data))
+                for position, data in zip(positions, items, strict=True)
+            ],
+        )
+        tail = positions[-1]
+        self.execute("UPDATE streams SET tail_seq = ? WHERE id = ?", (tail, stream_id))
+        return tail
 
     def notify(self, path: str, tail: int | None = None) -> None:
         """Record that ``path`` changed (to the tail position ``tail`` when it was appended

@@ -31,7 +31,8 @@ from pullwake.server.store.rules.subscriptions import (
     SubRow,
     load_links,
     load_sub,
-    require_sub,
+    load_sub_links,
+    require_sub_links,
     subscription_view,
 )
 from pullwake.server.store.rules.transaction import CommitThenRaise, Transaction, check_int
@@ -60,8 +61,11 @@ def maybe_wake(
 
     A lapsed lease found here is cleared first. Returns True when a wake was issued.
     """
-    sub = load_sub(tx, sub_id, lock=True)
-    return sub is not None and _offer_wake(tx, sub, now_ms, trigger, wakes)
+    found = load_sub_links(tx, sub_id)
+    if found is None:
+        return False
+    sub, links = found
+    return _offer_wake(tx, sub, now_ms, trigger, wakes, links=links)
 
 
 def _new_wake_id() -> str:
@@ -79,31 +83,62 @@ def _wake_event(sub_id: str, stream_path: str, generation: int, now_ms: int) -> 
     return json.dumps(event, separators=(",", ":")).encode("utf-8")
 
 
+@attrs.frozen
+class WakeTarget:
+    """A live wake stream, as :func:`_wake_target` found (and locked) it."""
+
+    id: int
+    #: Whether some subscription is linked to the wake stream itself (rarely so).
+    linked: bool
+
+
 def _append_wake(
-    tx: Transaction, path: str, event: bytes, now_ms: int, wakes: list[tuple[str, bytes]]
+    tx: Transaction,
+    path: str,
+    event: bytes,
+    now_ms: int,
+    wakes: list[tuple[str, bytes]],
+    target: WakeTarget | None = None,
 ) -> None:
-    """Append a wake event; a wake stream deleted since is created again (as JSON)."""
-    row = find_stream(tx, path, lock=True)
-    if row is None:
-        tx.lock_catalog()
-        insert_stream(tx, path, WAKE_CONTENT_TYPE, now_ms)
+    """Append a wake event; a wake stream deleted since is created again (as JSON).
+
+    ``target`` is the wake stream as the decision found it, in this transaction: then it is
+    not read again.
+    """
+    if target is None:
         row = find_stream(tx, path, lock=True)
-        assert row is not None
-    append_rows(tx, row[0], path, [event])
+        if row is None:
+            tx.lock_catalog()
+            insert_stream(tx, path, WAKE_CONTENT_TYPE, now_ms)
+            row = find_stream(tx, path, lock=True)
+            assert row is not None
+        target = WakeTarget(row[0], linked=True)
+    append_rows(tx, target.id, path, [event])
     wakes.append((path, event))
-    wake_linked(tx, row[0], path, now_ms, wakes)
+    if target.linked:
+        wake_linked(tx, target.id, path, now_ms, wakes)
 
 
 def _pending_paths(links: Sequence[Link]) -> list[str]:
     return [link.path for link in links if link.tail > link.acked]
 
 
-def _takes_events(tx: Transaction, path: str) -> bool:
-    """Tell whether wake events can go to ``path``: not when it is closed or soft-deleted
-    (work then waits, unwoken, until it is deleted, when it is created again on the next
-    wake); a missing wake stream is created again."""
-    row = tx.fetchone("SELECT closed, deleted FROM streams WHERE path = ?", (path,))
-    return row is None or not (row[0] or row[1])
+def _wake_target(tx: Transaction, path: str) -> WakeTarget | bool:
+    """Tell whether wake events can go to ``path``: not (False) when it is closed or
+    soft-deleted (work then waits, unwoken, until it is deleted, when it is created again on
+    the next wake); True when it is missing (created again). A live one is returned locked,
+    with whether anything is linked to it, so the wake's append need not read it again."""
+    row = tx.fetchone(
+        "SELECT id, closed, deleted, "
+        "EXISTS (SELECT 1 FROM links WHERE links.stream_id = streams.id) "
+        "FROM streams WHERE path = ?" + tx.row_lock,
+        (path,),
+    )
+    if row is None:
+        return True
+    if row[1] or row[2]:
+        return False
+    return WakeTarget(int(row[0]), linked=bool(row[3]))
 
 
 def _event(
@@ -115,21 +150,24 @@ def _event(
     links: Sequence[Link] | None = None,
     worker: str | None = None,
     credentials: wake_table.Credentials | None = None,
-) -> tuple[wake_table.Event, list[str]]:
-    """Build the table's event, reading the links only when the decision depends on them."""
+) -> tuple[wake_table.Event, list[str], WakeTarget | None]:
+    """Build the table's event, reading the links only when the decision depends on them.
+
+    Also return the wake stream when it was read for the decision (see :func:`_wake_target`).
+    """
     pending: list[str] = []
     known: bool | None = None
+    target: WakeTarget | None = None
     if wake_table.needs_pending(sub.wake_state(), kind, now_ms):
         pending = _pending_paths(load_links(tx, sub.id) if links is None else links)
-        if (
-            pending
-            and kind != "claim"
-            and sub.config.type == "pull-wake"
-            and not _takes_events(tx, sub.config.wake_stream)
-        ):
-            # A closed or soft-deleted wake stream takes no event: the work waits unwoken
-            # (a claim still finds it).
-            pending = []
+        if pending and kind != "claim" and sub.config.type == "pull-wake":
+            takes = _wake_target(tx, sub.config.wake_stream)
+            if takes is False:
+                # A closed or soft-deleted wake stream takes no event: the work waits unwoken
+                # (a claim still finds it).
+                pending = []
+            elif isinstance(takes, WakeTarget):
+                target = takes
         known = bool(pending)
     event = wake_table.Event(
         kind,
@@ -140,7 +178,7 @@ def _event(
         lease_ttl_ms=sub.config.lease_ttl_ms,
         credentials=credentials,
     )
-    return event, pending
+    return event, pending, target
 
 
 def _apply(
@@ -152,6 +190,7 @@ def _apply(
     pending: Sequence[str],
     trigger: str | None = None,
     wakes: list[tuple[str, bytes]] | None = None,
+    target: WakeTarget | None = None,
 ) -> wake_table.Decision:
     """Write a decision: the row, the tail snapshot of a new generation, its wake event.
 
@@ -173,17 +212,15 @@ def _apply(
                 sub.id,
             ),
         )
-    if decision.minted:
-        tx.execute(
-            "UPDATE links SET wake_tail_seq = "
-            "(SELECT tail_seq FROM streams WHERE streams.id = links.stream_id) WHERE sub_id = ?",
-            (sub.id,),
-        )
+    # (links.wake_tail_seq, in the schema since migration 0001, is not written: nothing reads
+    # it, and keeping it cost a statement per wake.)
     if decision.wake_event and sub.config.type == "pull-wake":
         # A webhook wake has no wake stream: the delivery loop finds it (``webhooks.py``).
         stream_path = trigger if trigger is not None and trigger in pending else pending[0]
         event = _wake_event(sub.id, stream_path, new.generation, now_ms)
-        _append_wake(tx, sub.config.wake_stream, event, now_ms, [] if wakes is None else wakes)
+        _append_wake(
+            tx, sub.config.wake_stream, event, now_ms, [] if wakes is None else wakes, target
+        )
     if decision.refusal is not None:
         error = _refusal_error(sub, decision.refusal)
         if changed:
@@ -218,30 +255,33 @@ def _offer_wake(
     now_ms: int,
     trigger: str | None,
     wakes: list[tuple[str, bytes]] | None = None,
+    *,
+    links: Sequence[Link] | None = None,
 ) -> bool:
     """Issue a wake if ``sub`` has pending work, no wake in flight and no live lease.
 
     A lapsed lease found here is cleared first. Returns True when a wake was issued.
     """
-    event, pending = _event(tx, sub, "append", now_ms)
+    event, pending, target = _event(tx, sub, "append", now_ms, links=links)
     decision = wake_table.decide(sub.wake_state(), event)
-    _apply(tx, sub, decision, now_ms, pending=pending, trigger=trigger, wakes=wakes)
+    _apply(tx, sub, decision, now_ms, pending=pending, trigger=trigger, wakes=wakes, target=target)
     return decision.wake_event
 
 
 def claim(tx: Transaction, secret: str, sub_id: str, worker: str, now_ms: int) -> Claim:
     check_identifier(worker, "worker")
     check_int(now_ms, "now_ms")
-    sub = require_sub(tx, sub_id, lock=True)
+    sub, links = require_sub_links(tx, sub_id)
     if sub.config.type == "webhook" and worker != WEBHOOK_WORKER:
         raise Conflict(
             f"subscription {sub_id!r} is a webhook subscription: the server delivers its wakes "
             "to its URL, so nobody claims them; ack a delivery through its callback_url",
             code="WEBHOOK_SUBSCRIPTION",
         )
-    links = load_links(tx, sub_id)
-    event, pending = _event(tx, sub, "claim", now_ms, links=links, worker=worker)
-    decision = _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    event, pending, target = _event(tx, sub, "claim", now_ms, links=links, worker=worker)
+    decision = _apply(
+        tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending, target=target
+    )
     if decision.wake_event:
         links = load_links(tx, sub_id)
     state = decision.state
@@ -281,8 +321,9 @@ def _authorise(
     wake_id: str,
     generation: int,
     now_ms: int,
-) -> tuple[SubRow, wake_table.Credentials]:
-    """Check a holder's request against the current claim; return the locked subscription.
+) -> tuple[SubRow, list[Link], wake_table.Credentials]:
+    """Check a holder's request against the current claim; return the locked subscription
+    and its links.
 
     401 ``INVALID_TOKEN`` (token unreadable or forged), 404 ``SUBSCRIPTION_NOT_FOUND``
     (deleted), 401 ``LEASE_EXPIRED`` (the token's lease lapsed: a lapsed lease found here is
@@ -291,17 +332,24 @@ def _authorise(
     """
     claims = verify_token(secret, token)
     check_int(now_ms, "now_ms")
-    sub = require_sub(tx, sub_id, lock=True)
+    sub, links = require_sub_links(tx, sub_id)
     if claims.subscription_id != sub_id:
         raise _fenced(sub_id, f"the token was issued for subscription {claims.subscription_id!r}")
     credentials = wake_table.Credentials(
         claims.generation, claims.wake_id, claims.worker, generation, wake_id
     )
     if wake_table.refusal_for(sub.wake_state(), credentials, now_ms) is not None:
-        event, pending = _event(tx, sub, kind, now_ms, credentials=credentials)
-        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+        event, pending, target = _event(tx, sub, kind, now_ms, links=links, credentials=credentials)
+        _apply(
+            tx,
+            sub,
+            wake_table.decide(sub.wake_state(), event),
+            now_ms,
+            pending=pending,
+            target=target,
+        )
         raise AssertionError("the wake table let through a refused request")
-    return sub, credentials
+    return sub, links, credentials
 
 
 def _invalid_ack(why: str) -> Conflict:
@@ -329,8 +377,10 @@ def ack(
     kind: wake_table.EventKind = "done" if done else "ack"
     if claim_next_worker is not None:
         check_identifier(claim_next_worker, "worker")
-    sub, credentials = _authorise(tx, secret, kind, sub_id, token, wake_id, generation, now_ms)
-    links = {link.path: link for link in load_links(tx, sub_id)}
+    sub, loaded, credentials = _authorise(
+        tx, secret, kind, sub_id, token, wake_id, generation, now_ms
+    )
+    links = {link.path: link for link in loaded}
     advanced: dict[str, int] = {}
     for item in acks:
         link = links.get(item.stream) if isinstance(item.stream, str) else None
@@ -367,7 +417,7 @@ def ack(
     after = [
         attrs.evolve(link, acked=advanced.get(path, link.acked)) for path, link in links.items()
     ]
-    event, pending = _event(tx, sub, kind, now_ms, links=after, credentials=credentials)
+    event, pending, target = _event(tx, sub, kind, now_ms, links=after, credentials=credentials)
     decision = wake_table.decide(sub.wake_state(), event)
     if (
         claim_next_worker is not None
@@ -378,11 +428,18 @@ def ack(
         # The table minted the next generation for pending work; write it without its wake
         # event (the table's "woken" phase, seen by nobody) and claim it at once, as a claim
         # request would: same generation rules, new token, new lease.
-        _apply(tx, sub, attrs.evolve(decision, wake_event=False), now_ms, pending=pending)
+        _apply(
+            tx,
+            sub,
+            attrs.evolve(decision, wake_event=False),
+            now_ms,
+            pending=pending,
+            target=target,
+        )
         return AckResult(
             next_wake=False, next_claim=claim(tx, secret, sub_id, claim_next_worker, now_ms)
         )
-    _apply(tx, sub, decision, now_ms, pending=pending)
+    _apply(tx, sub, decision, now_ms, pending=pending, target=target)
     return AckResult(next_wake=decision.wake_event)
 
 
@@ -395,9 +452,15 @@ def release(
     generation: int,
     now_ms: int,
 ) -> None:
-    sub, credentials = _authorise(tx, secret, "release", sub_id, token, wake_id, generation, now_ms)
-    event, pending = _event(tx, sub, "release", now_ms, credentials=credentials)
-    _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+    sub, links, credentials = _authorise(
+        tx, secret, "release", sub_id, token, wake_id, generation, now_ms
+    )
+    event, pending, target = _event(
+        tx, sub, "release", now_ms, links=links, credentials=credentials
+    )
+    _apply(
+        tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending, target=target
+    )
 
 
 def expire_leases(tx: Transaction, now_ms: int) -> tuple[ExpiredLease, ...]:
@@ -415,8 +478,15 @@ def expire_leases(tx: Transaction, now_ms: int) -> tuple[ExpiredLease, ...]:
         assert sub.holder is not None
         assert sub.wake_id is not None
         lapsed = ExpiredLease(sub.id, sub.wake_id, sub.generation, sub.holder)
-        event, pending = _event(tx, sub, "expire", now_ms)
-        _apply(tx, sub, wake_table.decide(sub.wake_state(), event), now_ms, pending=pending)
+        event, pending, target = _event(tx, sub, "expire", now_ms)
+        _apply(
+            tx,
+            sub,
+            wake_table.decide(sub.wake_state(), event),
+            now_ms,
+            pending=pending,
+            target=target,
+        )
         expired.append(lapsed)
     return tuple(expired)
 
