@@ -137,6 +137,7 @@ class PostgresTransaction(rules.Transaction):
 
     row_lock = " FOR NO KEY UPDATE"
     skip_locked = " SKIP LOCKED"
+    stale_joins_after_lock = True
 
     def __init__(self, cursor: Any) -> None:
         super().__init__(cursor)

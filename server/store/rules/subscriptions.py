@@ -156,18 +156,23 @@ _SUB_LINK_COLUMNS = ", ".join(f"sub.{column}" for column in _SUB_COLUMNS.split("
 
 
 def load_sub_links(tx: Transaction, sub_id: str) -> tuple[SubRow, list[Link]] | None:
-    """Lock ``sub_id`` and return it with its links (as :func:`load_links`), in one query.
+    """Lock ``sub_id`` and return it with its links (as :func:`load_links`).
 
-    The wake path needs both on every append, claim and ack; one statement instead of two
-    is one round trip less on PostgreSQL. Only the subscription's row is locked (``OF sub``),
-    as :func:`load_sub` locks it: never the streams', which appends lock.
+    The wake path needs both on every append, claim and ack: on SQLite one statement instead
+    of two. Where a statement that waited for the lock reads other tables as they were before
+    the wait (:attr:`Transaction.stale_joins_after_lock`: PostgreSQL), the links are read by a
+    statement of their own once the row is locked, or a claim that waited for an append
+    would miss the work that append just added.
     """
+    if tx.stale_joins_after_lock:
+        sub = load_sub(tx, sub_id, lock=True)
+        return None if sub is None else (sub, load_links(tx, sub_id))
     rows = tx.fetchall(
         f"SELECT {_SUB_LINK_COLUMNS}, l.stream_id, s.path, l.by_glob, l.by_name, l.acked_seq, "
         "s.tail_seq FROM subscriptions sub "
         "LEFT JOIN links l ON l.sub_id = sub.id "
         "LEFT JOIN streams s ON s.id = l.stream_id "
-        "WHERE sub.id = ? ORDER BY s.path" + tx.row_lock_of("sub"),
+        "WHERE sub.id = ? ORDER BY s.path",
         (sub_id,),
     )
     if not rows:

@@ -35,6 +35,12 @@ class Transaction:
     row_lock: str = ""
     #: Appended after ``row_lock`` where rows locked by another transaction may be skipped.
     skip_locked: str = ""
+    #: True where each statement reads as of its own start (PostgreSQL's READ COMMITTED): a
+    #: statement that waited for a row lock gets the locked row's newest version but every
+    #: other table as it was before the wait, so what the lock holder wrote there is read only
+    #: by a later statement. False on SQLite, whose writer holds the one write lock from
+    #: ``BEGIN IMMEDIATE``, so nothing changes under a transaction.
+    stale_joins_after_lock: bool = False
 
     def __init__(self, cursor: Any) -> None:
         self._cursor = cursor
@@ -42,10 +48,6 @@ class Transaction:
         # to its new tail position, or to None when that is not a plain append (a delete, a
         # create): waiters then re-read the stream instead of trusting an announced tail.
         self.changed: dict[str, int | None] = {}
-
-    def row_lock_of(self, table: str) -> str:
-        """:attr:`row_lock` limited to the rows of ``table`` (an alias) in a join."""
-        return f"{self.row_lock} OF {table}" if self.row_lock else ""
 
     def sql(self, text: str) -> str:
         """Rewrite a statement from ``?`` placeholders into the driver's style."""

@@ -138,7 +138,9 @@ def _wake_target(tx: Transaction, path: str) -> WakeTarget | bool:
         return True
     if row[1] or row[2]:
         return False
-    return WakeTarget(int(row[0]), linked=bool(row[3]))
+    # After a wait for the lock the links may be stale (see Transaction.stale_joins_after_lock):
+    # then whoever is linked is read again after the append.
+    return WakeTarget(int(row[0]), linked=bool(row[3]) or tx.stale_joins_after_lock)
 
 
 def _event(
