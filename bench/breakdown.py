@@ -65,6 +65,8 @@ IDLE = re.compile(
     r"EpollIOManager\.get_events \(trio|Event\.wait \(threading|"
     r"WorkerThread\._work \(trio/_core/_thread_cache|"
     r"Thread\._wait_for_tstate_lock \(threading|"
+    # The SQLite store's threads waiting for a job (a queue's get, in C).
+    r"JobThreads\._wait_for_job \(server/store/sqlite|"
     # psycopg's blocking wait for PostgreSQL's answer (the GIL released, in C).
     r"(Base)?Connection\.wait \(psycopg/)"
 )

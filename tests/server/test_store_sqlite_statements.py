@@ -56,8 +56,9 @@ def _verbs(statements: list[str]) -> list[str]:
 
 async def test_a_wake_cycle_runs_its_known_statements(traced: TracedStore) -> None:
     # The append that wakes the subscription: its stream, its position, the message, the
-    # tail, the linked subscription with its links, the wake stream, the new generation and
-    # the wake event (position, message, tail). One transaction, no savepoint: it is alone.
+    # tail, the linked subscription, its links, the wake stream (read once, and whether
+    # anything links to it), the new generation and the wake event (position, message,
+    # tail). One transaction, no savepoint: it is alone in its group.
     result = await traced.append("events/a", [b'{"n":1}'], T0 + 1)
     assert len(result.wakes) == 1
     append = traced.take()
@@ -68,7 +69,8 @@ async def test_a_wake_cycle_runs_its_known_statements(traced: TracedStore) -> No
         "INSERT INTO",
         "UPDATE streams",
         "SELECT sub_id",
-        "SELECT sub.id,",
+        "SELECT id,",
+        "SELECT l.stream_id,",
         "SELECT id,",
         "UPDATE subscriptions",
         "UPDATE counters",
@@ -78,21 +80,22 @@ async def test_a_wake_cycle_runs_its_known_statements(traced: TracedStore) -> No
     ], append
     assert not any("wake_tail_seq" in sql for sql in append)
 
-    # The claim with its messages inline: the subscription with its links, the lease, the
-    # stream and its messages.
+    # The claim with its messages inline: the subscription, its links, the lease, the stream
+    # and its messages.
     claim = await traced.claim("sub", "worker-1", T0 + 2, inline_bytes=65536)
     assert [read.messages for read in claim.messages] == [(b'{"n":1}',)]
     claimed = traced.take()
     assert _verbs(claimed) == [
         "BEGIN IMMEDIATE",
-        "SELECT sub.id,",
+        "SELECT id,",
+        "SELECT l.stream_id,",
         "UPDATE subscriptions",
         "SELECT id,",
         "SELECT seq,",
         "COMMIT",
     ], claimed
 
-    # The done-ack: the subscription with its links, the acked position, the lease ended.
+    # The done-ack: the subscription, its links, the acked position, the lease ended.
     [read] = claim.messages
     await traced.ack(
         "sub",
@@ -106,7 +109,8 @@ async def test_a_wake_cycle_runs_its_known_statements(traced: TracedStore) -> No
     acked = traced.take()
     assert _verbs(acked) == [
         "BEGIN IMMEDIATE",
-        "SELECT sub.id,",
+        "SELECT id,",
+        "SELECT l.stream_id,",
         "UPDATE links",
         "UPDATE subscriptions",
         "COMMIT",

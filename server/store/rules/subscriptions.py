@@ -152,39 +152,18 @@ def load_sub(tx: Transaction, sub_id: str, *, lock: bool) -> SubRow | None:
     return SubRow(row[0], _config_from_json(row[1]), *row[2:])
 
 
-_SUB_LINK_COLUMNS = ", ".join(f"sub.{column}" for column in _SUB_COLUMNS.split(", "))
-
-
 def load_sub_links(tx: Transaction, sub_id: str) -> tuple[SubRow, list[Link]] | None:
     """Lock ``sub_id`` and return it with its links (as :func:`load_links`).
 
-    The wake path needs both on every append, claim and ack: on SQLite one statement instead
-    of two. Where a statement that waited for the lock reads other tables as they were before
-    the wait (:attr:`Transaction.stale_joins_after_lock`: PostgreSQL), the links are read by a
-    statement of their own once the row is locked, or a claim that waited for an append
-    would miss the work that append just added.
+    Two statements, on purpose: where a statement that waited for the row lock reads other
+    tables as they were before the wait (:attr:`Transaction.stale_joins_after_lock`, as on
+    PostgreSQL), one joined read would miss the links and tails the lock holder just wrote,
+    and a claim that waited for an append would answer "no pending work" for its message.
+    (On SQLite the join was measured too: 3 statements fewer per wake cycle, no CPU gain
+    within the benchmark's noise; ``test_store_postgres_lock_waits.py``.)
     """
-    if tx.stale_joins_after_lock:
-        sub = load_sub(tx, sub_id, lock=True)
-        return None if sub is None else (sub, load_links(tx, sub_id))
-    rows = tx.fetchall(
-        f"SELECT {_SUB_LINK_COLUMNS}, l.stream_id, s.path, l.by_glob, l.by_name, l.acked_seq, "
-        "s.tail_seq FROM subscriptions sub "
-        "LEFT JOIN links l ON l.sub_id = sub.id "
-        "LEFT JOIN streams s ON s.id = l.stream_id "
-        "WHERE sub.id = ? ORDER BY s.path",
-        (sub_id,),
-    )
-    if not rows:
-        return None
-    first = rows[0]
-    sub = SubRow(first[0], _config_from_json(first[1]), *first[2:8])
-    links = [
-        Link(stream_id, path, bool(by_glob), bool(by_name), int(acked), int(tail))
-        for *_, stream_id, path, by_glob, by_name, acked, tail in rows
-        if stream_id is not None and path is not None
-    ]
-    return sub, links
+    sub = load_sub(tx, sub_id, lock=True)
+    return None if sub is None else (sub, load_links(tx, sub_id))
 
 
 def require_sub_links(tx: Transaction, sub_id: str) -> tuple[SubRow, list[Link]]:

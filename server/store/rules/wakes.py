@@ -31,7 +31,6 @@ from pullwake.server.store.rules.subscriptions import (
     SubRow,
     load_links,
     load_sub,
-    load_sub_links,
     require_sub_links,
     subscription_view,
 )
@@ -61,11 +60,8 @@ def maybe_wake(
 
     A lapsed lease found here is cleared first. Returns True when a wake was issued.
     """
-    found = load_sub_links(tx, sub_id)
-    if found is None:
-        return False
-    sub, links = found
-    return _offer_wake(tx, sub, now_ms, trigger, wakes, links=links)
+    sub = load_sub(tx, sub_id, lock=True)
+    return sub is not None and _offer_wake(tx, sub, now_ms, trigger, wakes)
 
 
 def _new_wake_id() -> str:
