@@ -7,6 +7,7 @@ parametrized, and anyio's pytest plugin runs each ``@pytest.mark.anyio`` test on
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -22,6 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     for name in [name for name in os.environ if name.startswith("PULLWAKE_")]:
         del os.environ[name]
+    # A shell starts a background job (`make test &`, nohup) with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: every program a test starts would then ignore
+    # the Ctrl-C the test sends it. Python's own handler becomes the default one at exec.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(params=["asyncio", "trio"])
