@@ -8,7 +8,7 @@ Why not anyio's portal: ``anyio.from_thread.run_sync`` blocks the thread until t
 run the call, so a writer thread would stall once per job while the loop is busy; and
 ``anyio.to_thread.run_sync`` (the path this replaces) cost 94-132 µs per SQLite write
 transaction on asyncio and 112-195 µs on trio, against 22-37 µs for a writer thread that
-commits eight writers in one group and wakes the loop once (/work/shared/PERFORMANCE.md). What
+commits eight writers in one group and wakes the loop once (issue 12's wake-cycle profile). What
 the thread needs is "run this callback in that loop soon, without waiting", which only the
 backends offer (``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``); so this module is
 the one place in the store that names them, imported lazily.
